@@ -1,0 +1,263 @@
+"""`prunescope analyze`: the batch run, its console output and its batch-level files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from . import __version__
+from .discover import discover_models
+from .pipeline import COMPARISON_FILE, STRUCTURE_FILE, ModelResult, analyse_entry, analyse_path
+from .report import format_table, human, reduction, value_range, write_json
+from .tensors import CheckpointError
+
+RULE = "=" * 80
+BATCH_FILE = "batch_analysis_results.json"
+SUMMARY_FILE = "models_summary.json"
+
+
+def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = "baselines_analysis/",
+              merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
+              out=None) -> int:
+    """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
+    from .cli import timestamp
+
+    out = out or sys.stdout
+    say = lambda text="": print(text, file=out)  # noqa: E731
+    say(RULE)
+    say(f"Scanning model folder: {models_dir}")
+    say(RULE)
+    say()
+    try:
+        entries = discover_models(models_dir, include, exclude, extra_models)
+    except OSError as error:
+        say(f"✗ error: {models_dir}: cannot list the models folder: {error.strerror or error} "
+            "(check the path given to --models_dir)")
+        return 1
+    for entry in entries:
+        if entry.error:
+            say(f"✗ error: {entry.name}: {entry.error}")
+        elif entry.skip_reason:
+            say(f"⊘ skipped: {entry.name} ({entry.skip_reason})")
+        else:
+            say(f"✓ model: {entry.name} (kind: {entry.checkpoint.kind})")
+    found = [entry for entry in entries if entry.checkpoint is not None and not entry.error]
+    say()
+    say("Summary:")
+    say(f"  - models to analyse: {len(found)}")
+    slicegpt = sum(1 for entry in found if entry.checkpoint.kind == "slicegpt")
+    if slicegpt:
+        say(f"  - of which SliceGPT: {slicegpt}")
+    say(f"  - skipped: {sum(1 for entry in entries if entry.skip_reason)}")
+    if any(entry.error for entry in entries):
+        say(f"  - errors: {sum(1 for entry in entries if entry.error)}")
+    say()
+    say(RULE)
+    say(f"Analysing models ({len(found)})")
+    say(RULE)
+
+    base = None
+    base_error = None
+    if base_model:
+        try:
+            base = analyse_path(base_model)
+            say(f"✓ base model: {base.structure.model_name} ({human(base.structure.total_params)} parameters, "
+                f"{base.structure.num_layers} layers)")
+        except CheckpointError as error:
+            base_error = error.line()
+            say(f"✗ base model: {base_error} -- continuing without comparisons")
+    else:
+        say("(no --base_model: structures only, no comparisons)")
+    say()
+
+    results: list[ModelResult] = []
+    progress = _progress(len(entries))
+    for number, entry in enumerate(entries, 1):
+        result = analyse_entry(entry, output_dir, base, force)
+        results.append(result)
+        line = _status_line(number, len(entries), result)
+        if progress is not None:
+            progress.update(1)
+            progress.write(line, file=out)
+        else:
+            say(line)
+    if progress is not None:
+        progress.close()
+
+    batch = {
+        "timestamp": timestamp(),
+        "models_dir": models_dir,
+        "base_model": base_model,
+        "base_model_error": base_error,
+        "output_dir": output_dir,
+        "prunescope_version": __version__,
+        "models": [_batch_record(result) for result in results],
+    }
+    batch_path = os.path.join(output_dir, BATCH_FILE)
+    say()
+    say(RULE)
+    try:
+        write_json(batch_path, batch)
+        say(f"✓ batch results saved: {batch_path}")
+    except OSError as error:
+        say(f"✗ error: {batch_path}: cannot write: {error.strerror or error} (choose a writable --output_dir)")
+        base_error = base_error or "output not writable"
+    if merge:
+        summary_path = os.path.join(output_dir, SUMMARY_FILE)
+        try:
+            write_json(summary_path, merge_results(results, models_dir))
+            say(f"✓ merged summary saved: {summary_path}")
+        except OSError as error:
+            say(f"✗ error: {summary_path}: cannot write: {error.strerror or error}")
+            base_error = base_error or "output not writable"
+    say(RULE)
+    say()
+    say(closing_table(results))
+    say()
+    say(_next_steps(models_dir, output_dir, merge, results))
+    failed = any(result.status == "error" for result in results) or base_error is not None
+    return 1 if failed else 0
+
+
+def _progress(total: int):
+    """A progress bar over the models, for people watching a terminal; none in pipelines and logs."""
+    if total < 2 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm  # imported only when shown: it costs more start-up time than the analysis
+
+    return tqdm(total=total, unit="model", file=sys.stderr, leave=False)
+
+
+def _status_line(number: int, total: int, result: ModelResult) -> str:
+    prefix = f"[{number}/{total}]"
+    name = result.entry.name
+    if result.status == "error":
+        return f"{prefix} ✗ {name}: {result.message}"
+    if result.status == "skipped":
+        return f"{prefix} ⊘ {name}: skipped ({result.message})"
+    structure = result.analysis.structure
+    text = f"{prefix} ✓ {name}: {human(structure.total_params)} parameters, {structure.num_layers} layers"
+    if result.comparison is not None:
+        text += f", {reduction(result.comparison.total_params.reduction_ratio)} vs base"
+    text += f" -> {result.analysis_dir}" + (" (up to date, reused)" if result.reused else "")
+    for finding in result.analysis.findings:
+        text += f"\n    ⚠ SECURITY {finding.line()}"
+    for note in result.notes:
+        text += f"\n    note: {note}"
+    return text
+
+
+def _batch_record(result: ModelResult) -> dict:
+    entry = result.entry
+    record = {"name": entry.name, "path": entry.path, "status": result.status,
+              "kind": entry.checkpoint.kind if entry.checkpoint else None}
+    if result.status != "analysed":
+        record["reason" if result.status == "skipped" else "error"] = result.message
+        return record
+    structure = result.analysis.structure
+    record.update({
+        "checkpoint": result.analysis.checkpoint.path,
+        "format": result.analysis.format,
+        "analysis_dir": result.analysis_dir,
+        "reused": result.reused,
+        "total_params": structure.total_params,
+        "num_layers": structure.num_layers,
+        "reduction_ratio": result.comparison.total_params.reduction_ratio if result.comparison else None,
+        "config_mismatches": len(structure.config_mismatches),
+        "security_findings": [finding.line() for finding in result.analysis.findings],
+        "notes": list(result.notes),
+    })
+    return record
+
+
+def merge_results(results: list[ModelResult], models_dir: str) -> dict:
+    """models_summary.json, built from the per-model analyses on disk."""
+    from .cli import timestamp
+
+    models = []
+    for result in results:
+        if result.status != "analysed":
+            continue
+        with open(os.path.join(result.analysis_dir, STRUCTURE_FILE), encoding="utf-8") as handle:
+            structure = json.load(handle)
+        comparison = None
+        try:
+            with open(os.path.join(result.analysis_dir, COMPARISON_FILE), encoding="utf-8") as handle:
+                comparison = json.load(handle)
+        except (OSError, ValueError):
+            pass
+        pruning = None
+        if comparison is not None:
+            pruning = {"original_params": comparison["total_params"]["original"],
+                       "pruned_params": comparison["total_params"]["pruned"],
+                       "reduction_ratio": comparison["total_params"]["reduction_ratio"],
+                       "original_name": comparison["original_name"]}
+        models.append({
+            "name": structure["model_name"],
+            "kind": structure.get("checkpoint", {}).get("kind"),
+            "total_params": structure["total_params"],
+            "num_layers": structure["layer_summary"]["num_layers"],
+            "layer_params": structure["layer_summary"]["total_layer_params"],
+            "embedding_params": structure["embedding_params"],
+            "lm_head_params": structure["lm_head_params"],
+            "pruning": pruning,
+        })
+    return {"timestamp": timestamp(), "models_dir": models_dir, "models": models}
+
+
+def closing_table(results: list[ModelResult]) -> str:
+    rows = [("model", "kind", "total params", "vs base", "layers", "heads", "intermediate", "notes")]
+    for result in results:
+        entry = result.entry
+        kind = entry.checkpoint.kind if entry.checkpoint else "-"
+        if result.status != "analysed":
+            rows.append((entry.name, kind, "-", "-", "-", "-", "-", result.status + ": " + _clip(result.message)))
+            continue
+        structure = result.analysis.structure
+        layers = structure.layers
+        notes = []
+        zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
+        if zero:
+            notes.append(f"zero layers {zero}")
+        if structure.config_mismatches:
+            notes.append("config stale: " + ",".join(m["field"] for m in structure.config_mismatches))
+        if structure.tied_embeddings:
+            notes.append("tied embeddings")
+        if result.analysis.findings:
+            notes.append(f"SECURITY: {len(result.analysis.findings)} finding(s)")
+        matching = result.comparison.layer_matching if result.comparison is not None else None
+        if matching is not None and matching.removed_original_layers:
+            how = "by position (a guess)" if matching.method == "index" else f"by {matching.method}"
+            notes.append(f"base layers {list(matching.removed_original_layers)} unmatched; paired {how}")
+        if result.reused:
+            notes.append("reused")
+        change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"
+        rows.append((entry.name, kind, human(structure.total_params), change, str(structure.num_layers),
+                     value_range(layer.attention.num_heads for layer in layers),
+                     value_range(layer.mlp.intermediate_size for layer in layers), "; ".join(notes)))
+    return format_table(rows)
+
+
+def _clip(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _next_steps(models_dir: str, output_dir: str, merged: bool, results: list[ModelResult]) -> str:
+    lines = [RULE, "Next steps:", RULE, ""]
+    step = 1
+    errors = [result for result in results if result.status == "error"]
+    if errors:
+        lines += [f"{step}. Fix the {len(errors)} model(s) marked ✗ above (details in "
+                  f"{os.path.join(output_dir, BATCH_FILE)}), then run the same command again.", ""]
+        step += 1
+    if not merged:
+        lines += [f"{step}. Merge all results:",
+                  f"   prunescope analyze --models_dir {models_dir} --merge_results --output_dir {output_dir}", ""]
+        step += 1
+    analysed = [result for result in results if result.status == "analysed"]
+    if analysed:
+        lines += [f"{step}. Look at one model layer by layer:",
+                  f"   prunescope inspect {analysed[0].analysis.checkpoint.path}", ""]
+    lines.append(RULE)
+    return "\n".join(lines)

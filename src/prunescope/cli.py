@@ -1,0 +1,103 @@
+"""Command line: `prunescope analyze | inspect | demo`. Console output follows the original tool's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunescope",
+        description="Exact structure analysis of pruned LLM checkpoints, read from the files: no GPU, "
+                    "no model loading, no checkpoint code run.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    analyze = commands.add_parser("analyze", help="analyse every model under a folder (batch)")
+    add_analyze_arguments(analyze)
+
+    inspect = commands.add_parser("inspect", help="analyse one model and print its per-layer table")
+    inspect.add_argument("path", help="a model folder or a checkpoint file")
+    inspect.add_argument("--base_model", "--base-model", dest="base_model", help="base model to compare with")
+    inspect.add_argument("--json", action="store_true", help="print model_structure.json to stdout instead")
+
+    demo = commands.add_parser("demo", help="write the bundled demo models and analyse them")
+    demo.add_argument("directory", nargs="?", default="prunescope_demo", help="where to write (default: %(default)s)")
+    return parser
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models_dir", "--models-dir", dest="models_dir", required=True,
+                        help="folder with one model per entry (symlinks are followed)")
+    parser.add_argument("--base_model", "--base-model", dest="base_model", help="the unpruned model, for comparisons")
+    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="baselines_analysis/",
+                        help="where batch results go (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="accepted for compatibility: the structure analysis needs no device")
+    parser.add_argument("--merge_results", "--merge-results", dest="merge_results", action="store_true",
+                        help="also write <output_dir>/models_summary.json from the analyses on disk")
+    parser.add_argument("--force", action="store_true", help="re-analyse models whose analysis is up to date")
+    parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="only entries matching")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip entries matching")
+    parser.add_argument("--model", action="append", default=[], metavar="PATH", help="also analyse this model path")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _utf8_console()
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
+        argv.insert(0, "analyze")  # the original's invocation: flags only, no command
+    args = build_parser().parse_args(argv)
+    if args.command == "analyze":
+        from .batch import run_batch
+
+        return run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
+                         merge=args.merge_results, force=args.force, include=args.include,
+                         exclude=args.exclude, extra_models=args.model)
+    if args.command == "inspect":
+        return inspect_model(args.path, args.base_model, args.json)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.directory)
+    build_parser().print_help()
+    return 2
+
+
+def inspect_model(path: str, base_model: str | None, as_json: bool) -> int:
+    from .compare import compare
+    from .pipeline import analyse_path
+    from .report import structure_summary, structure_to_dict
+    from .tensors import CheckpointError
+
+    try:
+        base = analyse_path(base_model) if base_model else None
+        analysis = analyse_path(path, base.config if base else None)
+    except CheckpointError as error:
+        print(f"error: {error.line()}", file=sys.stderr)
+        return 1
+    if as_json:
+        data = structure_to_dict(analysis.structure)
+        data["security_findings"] = [finding.line() for finding in analysis.findings]
+        print(json.dumps(data, indent=2))
+        return 0
+    comparison = compare(base.structure, analysis.structure) if base else None
+    print(structure_summary(analysis.structure, comparison, analysis.checkpoint.kind,
+                            [finding.line() for finding in analysis.findings], analysis.checkpoint.path))
+    return 0
+
+
+def _utf8_console() -> None:
+    # Status marks (✓ ⊘ ✗) must not crash a console that cannot show them.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass
+
+
+def timestamp() -> str:
+    return datetime.now().isoformat(timespec="seconds")

@@ -1,0 +1,113 @@
+"""Stage 5: compare a pruned model's structure with its base model's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .structure import LayerStructure, ModelStructure
+
+ATTENTION_FIELDS = ("total", "q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "num_kv_heads")
+MLP_FIELDS = ("total", "gate_proj", "up_proj", "down_proj", "intermediate_size")
+
+
+@dataclass(frozen=True)
+class Change:
+    original: int | None
+    pruned: int | None
+
+    @property
+    def reduced(self) -> int | None:
+        if self.original is None or self.pruned is None:
+            return None
+        return self.original - self.pruned
+
+    @property
+    def reduction_ratio(self) -> float | None:
+        if self.reduced is None:
+            return None
+        return self.reduced / self.original if self.original else 0.0
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    layer_idx: int
+    original_layer_idx: int | None
+    total: Change
+    attention: dict[str, Change]
+    mlp: dict[str, Change]
+    norm: Change
+    is_zero_layer: bool | None
+
+
+@dataclass(frozen=True)
+class LayerMatching:
+    method: str  # "index" or "layer_idx"
+    note: str
+    removed_original_layers: tuple[int, ...] = ()  # base layers no pruned layer is paired with
+
+
+@dataclass(frozen=True)
+class Comparison:
+    original_name: str
+    pruned_name: str
+    total_params: Change
+    layer_params: Change
+    embedding_params: Change
+    lm_head_params: Change
+    num_layers: Change
+    layers: tuple[LayerComparison, ...]
+    layer_matching: LayerMatching
+
+
+def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
+    pairs, matching = match_layers(base.layers, pruned.layers)
+    return Comparison(
+        original_name=base.model_name,
+        pruned_name=pruned.model_name,
+        total_params=Change(base.total_params, pruned.total_params),
+        layer_params=Change(base.total_layer_params, pruned.total_layer_params),
+        embedding_params=Change(base.embedding_params, pruned.embedding_params),
+        lm_head_params=Change(base.lm_head_params, pruned.lm_head_params),
+        num_layers=Change(base.num_layers, pruned.num_layers),
+        layers=tuple(_compare_layer(original, layer) for original, layer in pairs),
+        layer_matching=matching,
+    )
+
+
+def match_layers(base_layers, pruned_layers):
+    """Pair each pruned layer with the base layer it came from, and say how that was decided."""
+    base_by_idx = {layer.layer_idx: layer for layer in base_layers}
+    if len(base_layers) == len(pruned_layers):
+        pairs = list(zip(base_layers, pruned_layers))
+        return pairs, LayerMatching("index", "same number of layers: layer i paired with layer i")
+    pruned_indices = [layer.layer_idx for layer in pruned_layers]
+    contiguous = pruned_indices == list(range(len(pruned_indices)))
+    if not contiguous and all(idx in base_by_idx for idx in pruned_indices):
+        kept = set(pruned_indices)
+        removed = tuple(layer.layer_idx for layer in base_layers if layer.layer_idx not in kept)
+        return ([(base_by_idx[idx], layer) for idx, layer in zip(pruned_indices, pruned_layers)],
+                LayerMatching("layer_idx", "layers kept their original indices: paired by index number", removed))
+    pairs = [(base_by_idx.get(layer.layer_idx), layer) for layer in pruned_layers]
+    unpaired = tuple(layer.layer_idx for layer in base_layers if layer.layer_idx not in set(pruned_indices))
+    return pairs, LayerMatching(
+        "index",
+        f"layer counts differ ({len(base_layers)} vs {len(pruned_layers)}) and layers were renumbered: paired by "
+        "position, which is a guess; which base layers were removed cannot be told from shapes alone",
+        unpaired)
+
+
+def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> LayerComparison:
+    def pick(structure, name):
+        return getattr(structure, name) if structure is not None else None
+
+    base_attention = pick(original, "attention")
+    base_mlp = pick(original, "mlp")
+    return LayerComparison(
+        layer_idx=layer.layer_idx,
+        original_layer_idx=pick(original, "layer_idx"),
+        total=Change(pick(original, "total"), layer.total),
+        attention={name: Change(pick(base_attention, name), getattr(layer.attention, name)) for name in ATTENTION_FIELDS},
+        mlp={name: Change(pick(base_mlp, name), getattr(layer.mlp, name)) for name in MLP_FIELDS},
+        norm=Change(pick(original, "norm"), layer.norm),
+        is_zero_layer=layer.is_zero_layer,
+    )

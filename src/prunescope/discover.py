@@ -1,0 +1,191 @@
+"""Stage 1: find the models under a folder and recognise each checkpoint by its content, not its name."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+
+# Folders never searched for checkpoints: our own output, VCS and caches.
+IGNORED_DIRS = {"analysis", ".git", "__pycache__", ".cache", "node_modules"}
+# JSON files that travel with models but are not model configs.
+NOT_CONFIGS = {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+               "added_tokens.json", "preprocessor_config.json", "adapter_config.json", "trainer_state.json"}
+# torch files written beside models by trainers and optimisers: not models.
+NOT_MODEL_FILES = {"training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state.pth",
+                   "adapter_model.bin"}
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+MAX_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    kind: str  # "huggingface", "torch" or "slicegpt"
+    path: str  # the folder (huggingface) or the weight file (torch, slicegpt)
+    weight_files: tuple[str, ...]  # weight files, or one shard index
+    config_file: str | None = None
+    slicing_config: str | None = None  # SliceGPT's <model>_<sparsity>.json
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: str  # the entry under --models_dir (or given with --model), as given
+    checkpoint: Checkpoint | None = None
+    skip_reason: str | None = None  # set when there is nothing to analyse
+    error: str | None = None  # set when the entry could not be examined
+    analysis_subdir: str = ""  # several checkpoints in one entry: each gets analysis/<subdir>/
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error else "skipped" if self.skip_reason else "found"
+
+
+def discover_models(models_dir: str, include=(), exclude=(), extra_models=()) -> list[ModelEntry]:
+    """One or more entries per item directly under `models_dir`, plus any `extra_models` paths."""
+    entries: list[ModelEntry] = []
+    names = sorted(name for name in os.listdir(models_dir)
+                   if not name.startswith(".") and name not in IGNORED_DIRS)
+    for name in names:
+        if include and not any(fnmatch.fnmatch(name, pattern) for pattern in include):
+            continue
+        if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+            continue
+        entries.extend(examine(os.path.join(models_dir, name), name))
+    for path in extra_models:
+        entries.extend(examine(path, os.path.basename(os.path.normpath(path))))
+    return entries
+
+
+def examine(path: str, name: str) -> list[ModelEntry]:
+    """The model(s) one path holds: a folder (searched a few levels deep) or a single checkpoint file."""
+    if not os.path.exists(path):
+        return [ModelEntry(name, path, error=f"{path}: does not exist (a broken symlink?)")]
+    if os.path.isfile(path):
+        checkpoint = _file_checkpoint(path, os.path.dirname(path))
+        if checkpoint is None:
+            return [ModelEntry(name, path, skip_reason="not a model file")]
+        return [ModelEntry(_strip_suffix(name), path, checkpoint)]
+    try:
+        checkpoints, evidence = find_checkpoints(path)
+    except PermissionError as error:
+        return [ModelEntry(name, path, error=f"{error.filename or path}: cannot list folder (permission denied; "
+                                             "check its permissions)")]
+    if not checkpoints:
+        return [ModelEntry(name, path, skip_reason=evidence)]
+    if len(checkpoints) == 1:
+        return [ModelEntry(name, path, checkpoints[0])]
+    entries = []
+    for checkpoint in checkpoints:
+        relative = _strip_suffix(os.path.relpath(checkpoint.path, path)).replace(os.sep, "/")
+        entries.append(ModelEntry(f"{name}/{relative}", path, checkpoint, analysis_subdir=relative.replace("/", "__")))
+    return entries
+
+
+def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
+    """Checkpoints below `root` (symlinks followed, loops skipped), and if none, why not."""
+    checkpoints: list[Checkpoint] = []
+    seen: set[str] = set()
+    saw_results = saw_config = False
+    pending = [(root, 0)]
+    while pending:
+        folder, depth = pending.pop(0)
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue  # a symlink loop, or the same folder reached twice
+        seen.add(real)
+        try:
+            names = sorted(os.listdir(folder))
+        except PermissionError:
+            if folder == root:
+                raise
+            continue
+        files = [name for name in names if os.path.isfile(os.path.join(folder, name))]
+        config = _model_config(folder, files)
+        saw_config = saw_config or config is not None
+        saw_results = saw_results or any(_looks_like_results(folder, name) for name in files if name.endswith(".json"))
+        hf_weights = _hf_weights(folder, files)
+        if config is not None and hf_weights:
+            checkpoints.append(Checkpoint("huggingface", folder, hf_weights, config))
+            continue  # a saved model folder: what is below it (e.g. trainer checkpoints) is not this model
+        for name in files:
+            checkpoint = _file_checkpoint(os.path.join(folder, name), folder, files, config)
+            if checkpoint is not None:
+                checkpoints.append(checkpoint)
+        if depth < MAX_DEPTH:
+            pending.extend((os.path.join(folder, name), depth + 1) for name in names
+                           if name not in IGNORED_DIRS and not name.startswith(".")
+                           and os.path.isdir(os.path.join(folder, name)))
+    if saw_results:
+        reason = "no model files (only evaluation results)"
+    elif saw_config:
+        reason = "config.json without weight files"
+    else:
+        reason = "no model files"
+    return checkpoints, reason
+
+
+def _hf_weights(folder: str, files: list[str]) -> tuple[str, ...]:
+    """The weights transformers would load from this folder: safetensors first, then pytorch_model*.bin."""
+    for index_name, pattern in (("model.safetensors.index.json", "*.safetensors"),
+                                ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
+        if index_name in files:
+            return (os.path.join(folder, index_name),)
+        matches = [name for name in files if fnmatch.fnmatch(name, pattern)]
+        if matches:
+            return tuple(os.path.join(folder, name) for name in matches)
+    return ()
+
+
+def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpoint | None:
+    name = os.path.basename(path)
+    if name in NOT_MODEL_FILES:
+        return None
+    if name.endswith(".safetensors"):
+        return Checkpoint("huggingface" if config else "safetensors", path, (path,), config)
+    if not name.endswith(TORCH_SUFFIXES):
+        return None
+    files = files if files is not None else os.listdir(folder)
+    slicing = _strip_suffix(name) + ".json"
+    if slicing in files and _is_slicing_config(os.path.join(folder, slicing)):
+        return Checkpoint("slicegpt", path, (path,), config, os.path.join(folder, slicing))
+    return Checkpoint("torch", path, (path,), config)
+
+
+def _model_config(folder: str, files: list[str]) -> str | None:
+    if "config.json" not in files:
+        return None
+    data = _json(os.path.join(folder, "config.json"))
+    if isinstance(data, dict) and ("model_type" in data or "architectures" in data or "hidden_size" in data):
+        return os.path.join(folder, "config.json")
+    return None
+
+
+def _is_slicing_config(path: str) -> bool:
+    data = _json(path)
+    return isinstance(data, dict) and "layers_num" in data and "embedding_dimensions" in data
+
+
+def _looks_like_results(folder: str, name: str) -> bool:
+    if name in NOT_CONFIGS or name == "config.json":
+        return False
+    data = _json(os.path.join(folder, name), limit=50 * 1024 * 1024)
+    return isinstance(data, dict) and ("results" in data or "acc" in data or "perplexity" in data)
+
+
+def _json(path: str, limit: int = 10 * 1024 * 1024):
+    try:
+        if os.path.getsize(path) > limit:
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in TORCH_SUFFIXES + (".safetensors",):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

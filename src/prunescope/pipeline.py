@@ -1,0 +1,188 @@
+"""The stages joined: discover -> read -> interpret -> measure -> compare -> report, for one model or a batch.
+
+Functions here hold no state between calls; everything a run needs travels in its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from . import __version__
+from .compare import Comparison, compare
+from .contents import measure_zero_layers
+from .discover import Checkpoint, ModelEntry, examine
+from .readers import read_tensor_index
+from .report import comparison_to_dict, structure_from_dict, structure_summary, structure_to_dict, write_json, write_atomic
+from .structure import ModelStructure, interpret
+from .tensors import CheckpointError, SecurityFinding
+
+STRUCTURE_FILE = "model_structure.json"
+COMPARISON_FILE = "model_comparison.json"
+SUMMARY_FILE = "structure_summary.txt"
+
+
+@dataclass(frozen=True)
+class ModelAnalysis:
+    """One model's structure plus what its files said about it."""
+
+    structure: ModelStructure
+    checkpoint: Checkpoint
+    format: str
+    config: dict | None
+    findings: tuple[SecurityFinding, ...]
+    source: dict  # fingerprint of the files read, to reuse the analysis while they are unchanged
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What happened to one entry of a batch."""
+
+    entry: ModelEntry
+    status: str  # "analysed", "skipped" or "error"
+    message: str = ""
+    analysis: ModelAnalysis | None = None
+    comparison: Comparison | None = None
+    analysis_dir: str | None = None
+    reused: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def load_config(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as error:
+        raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check permissions") from None
+    except ValueError:
+        raise CheckpointError(path, "config is not valid JSON", "fix or remove it") from None
+    return data if isinstance(data, dict) else None
+
+
+def fingerprint(checkpoint: Checkpoint) -> dict:
+    """Sizes and modification times of every file the analysis reads."""
+    paths = list(checkpoint.weight_files)
+    for path in checkpoint.weight_files:
+        if path.endswith(".index.json"):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    shards = dict.fromkeys(json.load(handle).get("weight_map", {}).values())
+                paths += [os.path.join(os.path.dirname(path), shard) for shard in shards]
+            except (OSError, ValueError, AttributeError):
+                pass
+    paths += [path for path in (checkpoint.config_file, checkpoint.slicing_config) if path]
+    files = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            files.append({"path": os.path.abspath(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
+        except OSError:
+            files.append({"path": os.path.abspath(path), "size": None, "mtime_ns": None})
+    return {"prunescope_version": __version__, "files": files}
+
+
+def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None) -> ModelAnalysis:
+    """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
+    source = fingerprint(checkpoint)
+    if checkpoint.kind == "slicegpt":
+        raise CheckpointError(checkpoint.path, "SliceGPT checkpoint recognised; its analysis is not implemented yet",
+                              "native SliceGPT support is tracked in its own issue")
+    index = read_tensor_index(checkpoint.weight_files)
+    config = load_config(checkpoint.config_file) or index.embedded_config
+    structure = interpret(index, name, config, base_config)
+    structure = measure_zero_layers(structure, index)
+    return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
+
+
+def analyse_path(path: str, base_config: dict | None = None) -> ModelAnalysis:
+    """A single model given by path (a folder or a checkpoint file), e.g. the base model or `inspect PATH`."""
+    name = os.path.basename(os.path.normpath(path))
+    entries = examine(path, name)
+    found = [entry for entry in entries if entry.checkpoint is not None]
+    if not found:
+        problem = entries[0].error or entries[0].skip_reason or "no model found"
+        raise CheckpointError(path, problem, "give a model folder or a checkpoint file")
+    if len(found) > 1:
+        raise CheckpointError(path, f"holds {len(found)} checkpoints: " + ", ".join(e.name for e in found),
+                              "give one of them")
+    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config)
+
+
+# -- batch ------------------------------------------------------------------------------------
+
+
+def analysis_dirs(entry: ModelEntry, output_dir: str) -> tuple[str, str]:
+    """(where the spec puts the analysis, the fallback under --output_dir)."""
+    fallback = os.path.join(output_dir, entry.name.replace("/", os.sep), "analysis")
+    if os.path.isdir(entry.path):
+        primary = os.path.join(entry.path, "analysis", entry.analysis_subdir) if entry.analysis_subdir \
+            else os.path.join(entry.path, "analysis")
+    else:
+        primary = fallback
+    return primary, fallback
+
+
+def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None, force: bool) -> ModelResult:
+    if entry.error:
+        return ModelResult(entry, "error", entry.error)
+    if entry.skip_reason:
+        return ModelResult(entry, "skipped", entry.skip_reason)
+    primary, fallback = analysis_dirs(entry, output_dir)
+    try:
+        analysis, reused = None, False
+        if not force:
+            analysis = _reuse(entry, primary) or _reuse(entry, fallback)
+            reused = analysis is not None
+        if analysis is None:
+            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None)
+        comparison = compare(base.structure, analysis.structure) if base is not None else None
+    except CheckpointError as error:
+        return ModelResult(entry, "error", error.line())
+    notes = []
+    try:
+        written = write_analysis(primary, analysis, comparison, reused)
+    except OSError:
+        try:
+            written = write_analysis(fallback, analysis, comparison, reused)
+        except OSError as error:
+            return ModelResult(entry, "error", f"{fallback}: cannot write the analysis: {error.strerror or error} "
+                                               "(choose a writable --output_dir)")
+        notes.append(f"model folder not writable: analysis written to {fallback}")
+    return ModelResult(entry, "analysed", "", analysis, comparison, written, reused, tuple(notes))
+
+
+def write_analysis(folder: str, analysis: ModelAnalysis, comparison: Comparison | None, reused: bool = False) -> str:
+    findings = [finding.line() for finding in analysis.findings]
+    data = structure_to_dict(analysis.structure)
+    data["checkpoint"] = {"kind": analysis.checkpoint.kind, "format": analysis.format,
+                          "path": os.path.abspath(analysis.checkpoint.path)}
+    data["security_findings"] = [{"file": f.file, "what": f.what, "detail": f.detail} for f in analysis.findings]
+    data["source"] = analysis.source
+    write_json(os.path.join(folder, STRUCTURE_FILE), data)
+    if comparison is not None:
+        write_json(os.path.join(folder, COMPARISON_FILE), comparison_to_dict(comparison))
+    elif not reused and os.path.exists(os.path.join(folder, COMPARISON_FILE)):
+        os.unlink(os.path.join(folder, COMPARISON_FILE))  # compared a checkpoint that has since changed
+    write_atomic(os.path.join(folder, SUMMARY_FILE),
+                 structure_summary(analysis.structure, comparison, analysis.checkpoint.kind, findings,
+                                   analysis.checkpoint.path))
+    return folder
+
+
+def _reuse(entry: ModelEntry, folder: str) -> ModelAnalysis | None:
+    """The analysis on disk, if it was made by this version from the same, unchanged files."""
+    path = os.path.join(folder, STRUCTURE_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if data.get("source") != fingerprint(entry.checkpoint) or data.get("model_name") != entry.name:
+            return None
+        structure = structure_from_dict(data)
+        findings = tuple(SecurityFinding(**finding) for finding in data.get("security_findings", []))
+        return ModelAnalysis(structure, entry.checkpoint, data["checkpoint"]["format"],
+                             load_config(entry.checkpoint.config_file), findings, data["source"])
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        return None

@@ -1,0 +1,62 @@
+"""Stage 2: from checkpoint files to a TensorIndex. Readers know file formats, not architectures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..tensors import CheckpointError, TensorIndex
+from .safetensors import read_safetensors_file
+
+
+def read_tensor_index(weight_files: tuple[str, ...] | list[str]) -> TensorIndex:
+    """Read every tensor of one checkpoint: safetensors, torch zip or legacy files, or a shard index."""
+    paths = []
+    for path in weight_files:
+        paths.extend(_resolve_index(path) if path.endswith(".index.json") else [path])
+    if not paths:
+        raise CheckpointError(",".join(weight_files) or "?", "no weight files", "nothing to analyse")
+    indexes = [_read_one(path) for path in paths]
+    if len(indexes) == 1:
+        return indexes[0]
+    first = indexes[0]
+    module_classes: dict[str, str] = {}
+    for index in indexes:
+        module_classes.update(index.module_classes)
+    return TensorIndex(
+        format=first.format,
+        files=tuple(path for index in indexes for path in index.files),
+        tensors=tuple(tensor for index in indexes for tensor in index.tensors),
+        module_classes=module_classes,
+        embedded_config=first.embedded_config,
+        container=first.container,
+        is_whole_module=any(index.is_whole_module for index in indexes),
+        findings=tuple(finding for index in indexes for finding in index.findings),
+    )
+
+
+def _read_one(path: str) -> TensorIndex:
+    if path.endswith(".safetensors"):
+        tensors = read_safetensors_file(path)
+        return TensorIndex(format="safetensors", files=(path,), tensors=tuple(tensors))
+    from .torch_archive import read_torch_file  # zipfile and pickle only when a torch file is read
+
+    return read_torch_file(path)
+
+
+def _resolve_index(index_path: str) -> list[str]:
+    """Shard files named by a Hugging Face `*.index.json`, in first-appearance order; all must exist."""
+    try:
+        with open(index_path, encoding="utf-8") as handle:
+            weight_map = json.load(handle)["weight_map"]
+    except OSError as error:
+        raise CheckpointError(index_path, f"cannot read shard index: {error.strerror or error}", "check permissions") from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(index_path, "shard index is not valid JSON with a weight_map", "re-save the model") from None
+    folder = os.path.dirname(index_path)
+    shards = list(dict.fromkeys(weight_map.values()))
+    for shard in shards:
+        if not os.path.isfile(os.path.join(folder, shard)):
+            raise CheckpointError(os.path.join(folder, shard), "missing shard listed in " + os.path.basename(index_path),
+                                  "copy the missing file or re-save the model")
+    return [os.path.join(folder, shard) for shard in shards]

@@ -1,0 +1,251 @@
+"""Stage 6: reports. JSON in the original tool's schemas (extended, never renamed), text for people.
+
+Nothing here knows about file formats; files are written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from .compare import Change, Comparison
+from .structure import AttentionStructure, LayerStructure, MlpStructure, ModelStructure
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so no reader sees half a file."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path: str, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+# -- model_structure.json -------------------------------------------------------------------------
+
+
+def structure_to_dict(structure: ModelStructure) -> dict:
+    return {
+        "model_name": structure.model_name,
+        "total_params": structure.total_params,
+        "embedding_params": structure.embedding_params,
+        "lm_head_params": structure.lm_head_params,
+        "layer_summary": {"num_layers": structure.num_layers, "total_layer_params": structure.total_layer_params},
+        "layers": [_layer_to_dict(layer) for layer in structure.layers],
+        "tied_embeddings": structure.tied_embeddings,
+        "final_norm_params": structure.final_norm_params,
+        "other_params": structure.other_params,
+        "other_tensors": list(structure.other_tensors),
+        "family": structure.family,
+        "hidden_size": structure.hidden_size,
+        "vocab_size": structure.vocab_size,
+        "head_dim": structure.head_dim,
+        "head_dim_source": structure.head_dim_source,
+        "dtypes": structure.dtypes,
+        "buffers": list(structure.buffers),
+        "config_mismatches": list(structure.config_mismatches),
+        "notes": list(structure.notes),
+    }
+
+
+def _layer_to_dict(layer: LayerStructure) -> dict:
+    attention, mlp = layer.attention, layer.mlp
+    return {
+        "layer_idx": layer.layer_idx,
+        "total": layer.total,
+        "attention": {
+            "type": attention.type, "total": attention.total,
+            "q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
+            "o_proj": attention.o_proj, "num_heads": attention.num_heads, "num_kv_heads": attention.num_kv_heads,
+            "qk_norm": attention.qk_norm, "other": attention.other,
+        },
+        "mlp": {
+            "type": mlp.type, "total": mlp.total, "gate_proj": mlp.gate_proj, "up_proj": mlp.up_proj,
+            "down_proj": mlp.down_proj, "intermediate_size": mlp.intermediate_size, "other": mlp.other,
+        },
+        "norm": layer.norm,
+        "is_zero_layer": layer.is_zero_layer,
+        "other": layer.other,
+    }
+
+
+def structure_from_dict(data: dict) -> ModelStructure:
+    """Inverse of structure_to_dict (for analyses reused from disk)."""
+    layers = []
+    for layer in data["layers"]:
+        attention = {key: value for key, value in layer["attention"].items()}
+        mlp = {key: value for key, value in layer["mlp"].items()}
+        layers.append(LayerStructure(
+            layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
+            mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
+            other=layer.get("other", 0)))
+    return ModelStructure(
+        model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
+        embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
+        tied_embeddings=data["tied_embeddings"], final_norm_params=data["final_norm_params"],
+        other_params=data["other_params"], layers=tuple(layers), hidden_size=data["hidden_size"],
+        vocab_size=data["vocab_size"], head_dim=data["head_dim"], head_dim_source=data["head_dim_source"],
+        dtypes=data["dtypes"], other_tensors=tuple(data["other_tensors"]), buffers=tuple(data["buffers"]),
+        config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]))
+
+
+# -- model_comparison.json ------------------------------------------------------------------------
+
+
+def _change(change: Change) -> dict:
+    return {"original": change.original, "pruned": change.pruned, "reduced": change.reduced,
+            "reduction_ratio": change.reduction_ratio}
+
+
+def comparison_to_dict(comparison: Comparison) -> dict:
+    matching = comparison.layer_matching
+    return {
+        "original_name": comparison.original_name,
+        "pruned_name": comparison.pruned_name,
+        "total_params": _change(comparison.total_params),
+        "layer_params": _change(comparison.layer_params),
+        "layers": [
+            {
+                "layer_idx": layer.layer_idx,
+                "original_layer_idx": layer.original_layer_idx,
+                "total": _change(layer.total),
+                "attention": {name: _change(change) for name, change in layer.attention.items()},
+                "mlp": {name: _change(change) for name, change in layer.mlp.items()},
+                "norm": _change(layer.norm),
+                "is_zero_layer": layer.is_zero_layer,
+            }
+            for layer in comparison.layers
+        ],
+        "embedding_params": _change(comparison.embedding_params),
+        "lm_head_params": _change(comparison.lm_head_params),
+        "num_layers": _change(comparison.num_layers),
+        "layer_matching": {"method": matching.method, "note": matching.note,
+                           "removed_original_layers": list(matching.removed_original_layers)},
+    }
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def human(count: int | None) -> str:
+    """1234567 -> '1.23M': for people; the JSON keeps exact integers."""
+    if count is None:
+        return "-"
+    for scale, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f}{suffix}"
+    return str(count)
+
+
+def percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+def reduction(ratio: float | None) -> str:
+    """A reduction ratio as a signed change in size: 0.224 -> '-22.4%', a larger model -> '+3.0%'."""
+    if ratio is None:
+        return "-"
+    if abs(ratio) < 0.0005:
+        return "0.0%"
+    return f"{-ratio * 100:+.1f}%"
+
+
+def value_range(values) -> str:
+    known = [value for value in values if value is not None]
+    if not known:
+        return "-"
+    low, high = min(known), max(known)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def layer_table(structure: ModelStructure) -> str:
+    header = ("layer", "total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm", "zero")
+    rows = [header]
+    for layer in structure.layers:
+        attention, mlp = layer.attention, layer.mlp
+        rows.append((
+            str(layer.layer_idx), human(layer.total), human(attention.total), human(attention.q_proj),
+            human(attention.k_proj), human(attention.v_proj), human(attention.o_proj),
+            _text(attention.num_heads), _text(attention.num_kv_heads), human(mlp.total), human(mlp.gate_proj),
+            human(mlp.up_proj), human(mlp.down_proj), _text(mlp.intermediate_size), human(layer.norm),
+            {True: "yes", False: "", None: "?"}[layer.is_zero_layer]))
+    return format_table(rows)
+
+
+def _text(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(rows) -> str:
+    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for number, row in enumerate(rows):
+        lines.append("  ".join(str(cell).rjust(width) if column else str(cell).ljust(width)
+                               for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def structure_summary(structure: ModelStructure, comparison: Comparison | None, kind: str,
+                      findings: list[str], checkpoint_path: str) -> str:
+    """structure_summary.txt: what a person wants to know about one model, in one screen."""
+    layers = structure.layers
+    lines = [
+        f"Model: {structure.model_name}",
+        f"Checkpoint: {checkpoint_path} ({kind})",
+        f"Family: {structure.family}    head_dim: {_text(structure.head_dim)} ({structure.head_dim_source})",
+        "",
+        f"Total parameters:     {structure.total_params:,} ({human(structure.total_params)})",
+        f"Embedding parameters: {structure.embedding_params:,}",
+        f"LM head parameters:   {structure.lm_head_params:,}"
+        + (" (tied to the embedding, counted once)" if structure.tied_embeddings else ""),
+        f"Layers:               {structure.num_layers} ({structure.total_layer_params:,} parameters)",
+        f"Heads per layer:      {value_range(layer.attention.num_heads for layer in layers)}"
+        f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
+        f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
+    ]
+    zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
+    if zero:
+        lines.append(f"All-zero layers:      {zero}")
+    if structure.other_params:
+        lines.append(f"Other parameters:     {structure.other_params:,} ({', '.join(structure.other_tensors)})")
+    if comparison is not None:
+        total, layer_total = comparison.total_params, comparison.layer_params
+        lines += [
+            "",
+            f"Compared with {comparison.original_name}:",
+            f"  total:  {total.original:,} -> {total.pruned:,}  ({reduction(total.reduction_ratio)})",
+            f"  layers: {layer_total.original:,} -> {layer_total.pruned:,}  ({reduction(layer_total.reduction_ratio)})",
+            f"  layer count: {comparison.num_layers.original} -> {comparison.num_layers.pruned}"
+            f"  (matched by {comparison.layer_matching.method}: {comparison.layer_matching.note})",
+        ]
+        if comparison.layer_matching.removed_original_layers:
+            lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
+    if structure.config_mismatches:
+        lines += ["", "config.json disagrees with the tensor shapes (the shapes are used):"]
+        for mismatch in structure.config_mismatches:
+            where = f" in layers {mismatch['layers']}" if mismatch["layers"] else ""
+            lines.append(f"  {mismatch['field']}: config {mismatch['config']}, actual {mismatch['actual']}{where}")
+    if structure.notes:
+        lines += ["", "Notes:"] + [f"  {note}" for note in structure.notes]
+    if findings:
+        lines += ["", "SECURITY: the pickle references code no checkpoint needs (nothing was run):"]
+        lines += [f"  {finding}" for finding in findings]
+    lines += ["", layer_table(structure), ""]
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""What a reader hands on: the tensors of a checkpoint, as names, shapes, dtypes and byte locations.
+
+Nothing here knows about model architectures; nothing here reads tensor data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Element sizes in bytes, keyed by the safetensors dtype codes, which every reader maps onto.
+DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+    "BOOL": 1, "C64": 8, "C128": 16,
+}
+
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read: says which file, what is wrong and what to do."""
+
+    def __init__(self, path: str, problem: str, hint: str = ""):
+        self.path = str(path)
+        self.problem = problem
+        self.hint = hint
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        text = f"{self.path}: {self.problem}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One named tensor: where its bytes are and what they mean."""
+
+    name: str
+    dtype: str  # a key of DTYPE_SIZES
+    shape: tuple[int, ...]
+    file: str
+    offset: int  # byte offset of the first element in `file`
+    stride: tuple[int, ...] | None = None  # in elements; None when contiguous
+    alias_of: str | None = None  # the same tensor under an earlier name (tied weights)
+    is_parameter: bool | None = None  # False for a module's buffer; None when the file does not say
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_SIZES[self.dtype]
+
+    def byte_ranges(self) -> list[tuple[int, int]]:
+        """(start, length) of the file ranges holding exactly this tensor's elements, merged where adjacent."""
+        if self.numel == 0:
+            return []
+        item = self.itemsize
+        if self.stride is None:
+            return [(self.offset, self.numel * item)]
+        # Strided views (e.g. sliced weights saved with their whole storage): walk the outer
+        # dimensions, keeping innermost runs of unit stride together.
+        # Size-1 dimensions have no meaningful stride; trailing dimensions laid out densely merge
+        # into one run.
+        dims = [(size, step) for size, step in zip(self.shape, self.stride) if size != 1]
+        inner = 1
+        while dims and dims[-1][1] == inner:
+            inner *= dims.pop()[0]
+        run = inner * item
+        ranges: list[tuple[int, int]] = []
+        starts = [0]
+        for size, step in dims:
+            starts = [s + i * step for s in starts for i in range(size)]
+        for start in starts:
+            begin = self.offset + start * item
+            if ranges and ranges[-1][0] + ranges[-1][1] == begin:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + run)
+            else:
+                ranges.append((begin, run))
+        return ranges
+
+
+@dataclass(frozen=True)
+class SecurityFinding:
+    """Something a pickle asked to import or call that no checkpoint needs. It was never called."""
+
+    file: str
+    what: str  # e.g. "posix.system"
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.file}: pickle references {self.what} ({self.detail}); it was not run"
+
+
+@dataclass(frozen=True)
+class TensorIndex:
+    """Every tensor of one checkpoint plus what its files say about the modules holding them."""
+
+    format: str  # "safetensors", "torch-zip", "torch-legacy"
+    files: tuple[str, ...]
+    tensors: tuple[TensorInfo, ...]
+    # Dotted module path -> "python.module.ClassName", for whole pickled modules only.
+    module_classes: dict[str, str] = field(default_factory=dict)
+    # The `config` attribute of a pickled model, as plain data (Hugging Face models carry one).
+    embedded_config: dict | None = None
+    # What wrapped the model in the file, e.g. "model" for torch.save({'model': m, ...}).
+    container: str = ""
+    is_whole_module: bool = False
+    findings: tuple[SecurityFinding, ...] = ()
