@@ -130,6 +130,9 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
         return ModelResult(entry, "error", entry.error)
     if entry.skip_reason:
         return ModelResult(entry, "skipped", entry.skip_reason)
+    if entry.checkpoint.kind == "slicegpt":
+        return ModelResult(entry, "skipped", "SliceGPT model recognised "
+                           f"({os.path.basename(entry.checkpoint.slicing_config)}); its analysis is not implemented yet")
     primary, fallback = analysis_dirs(entry, output_dir)
     try:
         analysis, reused = None, False

@@ -1,0 +1,352 @@
+"""
+How much does `prunescope analyze` cost on a real-sized checkpoint, and does it stay near the floor?
+
+We build a Llama-3-8B-shaped Hugging Face checkpoint (real safetensors headers, real file sizes,
+but the data is a sparse file hole, so ~16 GB "on disk" costs a few MB), then time, each in its own
+subprocess:
+
+  a. bare      - a minimal python script that only parses the 4 safetensors headers (the floor)
+  b. one       - python -m prunescope analyze --force on a folder holding one model
+  c. batch     - the same on a folder holding N models (default 50)
+  d. tf-meta   - transformers building the model on the meta device (accelerate's estimate-memory way)
+
+For each we report whole-process CPU time (user+sys) and peak RSS of that child, median of a few runs,
+and check the targets: one <= 2x bare CPU, batch <= 1.0 s CPU, peak RSS < 100 MB.
+
+Usage:
+    python benchmarks/bench_analyze.py [--models 50] [--repeat 5] [--keep] [--strict]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+
+# Note: this script deliberately imports nothing heavy (no torch, no transformers, no prunescope).
+# On Linux a child's ru_maxrss starts from the parent's RSS at fork/exec time, so a fat parent would
+# inflate every child's "peak RSS". Everything heavy runs in the measured children only.
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# -----------------------------------------------------------------------------
+# the checkpoint: Llama-3-8B, exactly as on the Hub (meta-llama/Meta-Llama-3-8B config.json)
+
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 8192,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.0.dev0",
+    "use_cache": True,
+    "vocab_size": 128256,
+}
+BYTES_PER_PARAM = 2  # bf16
+MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's long-standing default "5GB"; gives Llama-3-8B's 4 shards
+NONZERO_PREFIX = b"\x3f" * 64  # real weights are nonzero: lets the zero-layer scan stop at its first read
+
+
+def llama_tensors(c):
+    """(name, shape) in state_dict order, which is the order save_pretrained fills shards in."""
+    h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    q = c["num_attention_heads"] * c["head_dim"]
+    kv = c["num_key_value_heads"] * c["head_dim"]
+    tensors = [("model.embed_tokens.weight", (v, h))]
+    for n in range(c["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        tensors += [
+            (p + "self_attn.q_proj.weight", (q, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, q)),
+            (p + "mlp.gate_proj.weight", (i, h)),
+            (p + "mlp.up_proj.weight", (i, h)),
+            (p + "mlp.down_proj.weight", (h, i)),
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+        ]
+    tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    return tensors
+
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def split_into_shards(tensors, max_bytes):
+    """Greedy, in order, like huggingface_hub.split_torch_state_dict_into_shards."""
+    shards, current, size = [], [], 0
+    for name, shape in tensors:
+        nbytes = numel(shape) * BYTES_PER_PARAM
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape))
+        size += nbytes
+    shards.append(current)
+    return shards
+
+
+def write_safetensors(path, tensors):
+    """A real safetensors header; the data is a hole except a few nonzero bytes at each tensor's start."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in sorted(tensors):  # safetensors lays data out by name (all one dtype here)
+        nbytes = numel(shape) * BYTES_PER_PARAM
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to a multiple of 8
+    data_start = 8 + len(raw)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, entry in header.items():
+            if name != "__metadata__":
+                f.seek(data_start + entry["data_offsets"][0])
+                f.write(NONZERO_PREFIX)
+        f.truncate(data_start + offset)  # full size, sparse: the rest reads as zeros, costs no disk
+
+
+def build_shards(folder):
+    """The 4 shard files, written once; every model folder hardlinks them. Returns (shard names, index)."""
+    os.makedirs(folder)
+    tensors = llama_tensors(CONFIG)
+    shards = split_into_shards(tensors, MAX_SHARD_BYTES)
+    names, weight_map = [], {}
+    for k, shard in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(os.path.join(folder, fname), shard)
+        names.append(fname)
+        weight_map.update((name, fname) for name, _ in shard)
+    total_size = sum(numel(s) for _, s in tensors) * BYTES_PER_PARAM
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    return names, index
+
+
+def make_model(folder, shard_dir, shard_names, index):
+    """One model folder: its own config.json and index (prunescope writes analysis/ into it),
+    shards hardlinked to the one sparse copy (so 50 models cost no extra disk or build time)."""
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(CONFIG, f, indent=2)
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    for name in shard_names:
+        os.link(os.path.join(shard_dir, name), os.path.join(folder, name))
+
+
+# -----------------------------------------------------------------------------
+# the measured children
+
+BARE_SCRIPT = '''
+import json, os, sys
+# the floor: open each shard, read its 8-byte length and JSON header, count parameters
+folder = sys.argv[1]
+total = 0
+for name in sorted(os.listdir(folder)):
+    if name.endswith(".safetensors"):
+        with open(os.path.join(folder, name), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        for key, t in header.items():
+            if key != "__metadata__":
+                p = 1
+                for d in t["shape"]:
+                    p *= d
+                total += p
+print(json.dumps({"total_params": total}))
+'''
+
+TF_META_SCRIPT = '''
+import json, sys
+from accelerate import init_empty_weights
+from transformers import AutoConfig, AutoModelForCausalLM
+# accelerate estimate-memory's way: build the model from config on the meta device, count parameters
+config = AutoConfig.from_pretrained(sys.argv[1])
+with init_empty_weights():
+    model = AutoModelForCausalLM.from_config(config)
+total = sum(p.numel() for p in model.parameters())
+print(json.dumps({"total_params": total, "num_parameters": model.num_parameters()}))
+'''
+
+
+def run_child(cmd, log_path):
+    """Run one child; return (cpu seconds user+sys, peak RSS MB, stdout). os.wait4 gives this child's own rusage."""
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)  # tell Popen we reaped it
+    with open(log_path) as f:
+        out = f.read()
+    if p.returncode != 0:
+        sys.exit(f"child failed (exit {p.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
+    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, out  # ru_maxrss is in KB on Linux
+
+
+def measure(label, cmd, repeat, log_path):
+    run_child(cmd, log_path)  # warm-up, not counted: page cache, .pyc files
+    runs = [run_child(cmd, log_path) for _ in range(repeat)]
+    cpu = statistics.median(r[0] for r in runs)
+    rss = statistics.median(r[1] for r in runs)
+    print(f"  {label:<10} cpu {cpu:8.3f} s   peak {rss:7.1f} MB   (runs: {', '.join(f'{r[0]:.3f}' for r in runs)})")
+    return {"cpu": cpu, "rss": rss, "out": runs[-1][2]}
+
+
+def have_transformers():
+    """Checked in a child, so the parent never imports torch (see the note at the top)."""
+    code = "import accelerate, transformers"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def last_json_line(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+# -----------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=50, help="models in the batch (default 50)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement, median kept (default 5)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints and outputs")
+    parser.add_argument("--strict", action="store_true", help="exit nonzero if a target is missed")
+    args = parser.parse_args()
+
+    # benchmarks/_data/ is git-ignored; hardlinks need shards and model folders on one file system
+    os.makedirs(os.path.join(HERE, "_data"), exist_ok=True)
+    root = tempfile.mkdtemp(prefix="bench-", dir=os.path.join(HERE, "_data"))
+    try:
+        failed = run(args, root)
+    finally:
+        if args.keep:
+            print(f"\nkept: {root}")
+        else:
+            shutil.rmtree(root)
+    if args.strict and failed:
+        sys.exit(1)
+
+
+def run(args, root):
+    # build the data
+    shard_dir = os.path.join(root, "shards")
+    shard_names, index = build_shards(shard_dir)
+    one_dir, batch_dir = os.path.join(root, "one"), os.path.join(root, "batch")
+    one_model = os.path.join(one_dir, "llama-3-8b")
+    make_model(one_model, shard_dir, shard_names, index)
+    for k in range(args.models):
+        make_model(os.path.join(batch_dir, f"llama-3-8b-{k:03d}"), shard_dir, shard_names, index)
+    expected = sum(numel(s) for _, s in llama_tensors(CONFIG))
+    sizes = [os.path.getsize(os.path.join(shard_dir, n)) for n in shard_names]
+    on_disk = sum(os.stat(os.path.join(shard_dir, n)).st_blocks * 512 for n in shard_names)
+    print(f"checkpoint: Llama-3-8B shape, {expected:,} parameters, {len(sizes)} shards "
+          f"({', '.join(f'{s / 1e9:.2f}' for s in sizes)} GB; {on_disk / 2**20:.1f} MB actually on disk)")
+    print(f"batch: {args.models} model folders, shards hardlinked; {args.repeat} timed runs each (median)")
+    print()
+
+    # measure
+    scripts = os.path.join(root, "scripts")
+    os.makedirs(scripts)
+    bare_py, tf_py = os.path.join(scripts, "bare.py"), os.path.join(scripts, "tf_meta.py")
+    with open(bare_py, "w") as f:
+        f.write(BARE_SCRIPT)
+    with open(tf_py, "w") as f:
+        f.write(TF_META_SCRIPT)
+    log = os.path.join(root, "child.log")
+    prunescope = [sys.executable, "-m", "prunescope", "analyze", "--force"]
+
+    m = {}
+    m["bare"] = measure("bare", [sys.executable, bare_py, one_model], args.repeat, log)
+    m["one"] = measure("one", prunescope + ["--models_dir", one_dir, "--output_dir", os.path.join(root, "out_one")],
+                       args.repeat, log)
+    m["batch"] = measure(f"batch-{args.models}", prunescope + ["--models_dir", batch_dir,
+                         "--output_dir", os.path.join(root, "out_batch")], args.repeat, log)
+    if have_transformers():
+        # slow (imports torch): fewer runs are enough for a number that only sets the scale
+        m["tf"] = measure("tf-meta", [sys.executable, tf_py, one_model], min(args.repeat, 3), log)
+    else:
+        print("  tf-meta    skipped: transformers/accelerate not importable")
+
+    # correctness in passing: every count must equal the one computed from the shapes we wrote
+    print()
+    checks = []
+    with open(os.path.join(one_model, "analysis", "model_structure.json")) as f:
+        structure = json.load(f)
+    checks.append(("bare script total_params", last_json_line(m["bare"]["out"])["total_params"] == expected))
+    checks.append(("prunescope total_params (one)", structure["total_params"] == expected))
+    checks.append(("prunescope finds 32 layers, none all-zero",
+                   len(structure["layers"]) == 32 and not any(l["is_zero_layer"] for l in structure["layers"])))
+    with open(os.path.join(root, "out_batch", "batch_analysis_results.json")) as f:
+        batch = json.load(f)
+    checks.append((f"prunescope batch: {args.models} analysed, all total_params right",
+                   len(batch["models"]) == args.models and all(
+                       r["status"] == "analysed" and not r["reused"] and r["total_params"] == expected
+                       for r in batch["models"])))
+    if "tf" in m:
+        tf = last_json_line(m["tf"]["out"])
+        checks.append(("transformers meta sum(numel) and num_parameters()",
+                       tf["total_params"] == expected and tf["num_parameters"] == expected))
+    for what, ok in checks:
+        print(f"  {'ok  ' if ok else 'BAD '} {what} == {expected:,}")
+
+    # table
+    print()
+    rows = [("measurement", "CPU s", "peak MB")]
+    names = {"bare": "a. bare header script", "one": "b. prunescope, 1 model",
+             "batch": f"c. prunescope, {args.models} models", "tf": "d. transformers meta, 1 model"}
+    for key, r in m.items():
+        rows.append((names[key], f"{r['cpu']:.3f}", f"{r['rss']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for n, row in enumerate(rows):
+        print(f"  {row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}")
+        if n == 0:
+            print("  " + "-" * (sum(widths) + 4))
+    print()
+    print(f"  prunescope(one) / bare            {m['one']['cpu'] / m['bare']['cpu']:6.2f}x CPU")
+    if "tf" in m:
+        print(f"  prunescope(one) / transformers    {m['one']['cpu'] / m['tf']['cpu']:6.3f}x CPU "
+              f"({m['tf']['cpu'] / m['one']['cpu']:.0f}x faster)")
+    print(f"  prunescope batch of {args.models}            {m['batch']['cpu']:6.3f} s CPU "
+          f"({1000 * m['batch']['cpu'] / args.models:.1f} ms/model incl. start-up)")
+
+    # targets
+    print()
+    peak = max(m["one"]["rss"], m["batch"]["rss"])
+    targets = [
+        ("one-model CPU <= 2x bare script", m["one"]["cpu"] <= 2 * m["bare"]["cpu"],
+         f"{m['one']['cpu']:.3f} s vs 2 x {m['bare']['cpu']:.3f} s"),
+        (f"batch of {args.models} <= 1.0 s CPU", m["batch"]["cpu"] <= 1.0, f"{m['batch']['cpu']:.3f} s"),
+        ("prunescope peak RSS < 100 MB", peak < 100, f"{peak:.1f} MB"),
+    ]
+    for what, ok, detail in targets:
+        print(f"  {'PASS' if ok else 'FAIL'}  {what:<34} ({detail})")
+    print("  (a child's ru_maxrss never reads below the parent's RSS at spawn; this script stays small for that)")
+    return not all(ok for _, ok, _ in targets) or not all(ok for _, ok in checks)
+
+
+if __name__ == "__main__":
+    main()

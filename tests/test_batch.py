@@ -1,0 +1,249 @@
+"""`prunescope analyze` end to end: discovery, outputs, comparison, reuse, bad input, exit status."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import builders
+from oracle import count, expected_structure
+from prunescope.batch import run_batch
+from prunescope.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "prunescope", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def load(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """A models folder in the shape researchers have them, plus the base model outside it."""
+    base = builders.llama(num_hidden_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    models = tmp_path / "baselines"
+    models.mkdir()
+    built = {}
+
+    magnitude = builders.llama(num_hidden_layers=6)
+    magnitude.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        weight = magnitude.model.layers[0].mlp.up_proj.weight
+        weight[weight.abs() < weight.abs().median()] = 0
+    magnitude.save_pretrained(models / "Magnitude_5000" / "pruned_model")
+    built["Magnitude_5000"] = magnitude
+
+    shortgpt = builders.llama(num_hidden_layers=6)
+    shortgpt.load_state_dict(base.state_dict())
+    builders.remove_layers(shortgpt, [2, 4])
+    shortgpt.save_pretrained(models / "ShortGPT_remove_2")
+    built["ShortGPT_remove_2"] = shortgpt
+
+    pruner = builders.llama(num_hidden_layers=6)
+    pruner.load_state_dict(base.state_dict())
+    builders.prune_structurally(pruner, {1: (2, 1, 48), 2: (3, 2, 64)})
+    log = models / "LLM-Pruner_20" / "prune_log" / "llama_prune"
+    log.mkdir(parents=True)
+    torch.save({"model": pruner.half(), "tokenizer": None}, log / "pytorch_model.bin")
+    (log / "description.txt").write_text("LLM-Pruner run")
+    built["LLM-Pruner_20"] = pruner
+
+    results_only = models / "Llama-3-8B-Instruct"
+    results_only.mkdir()
+    (results_only / "results_2026-01-01T00-00-00.json").write_text(json.dumps({"results": {"piqa": {"acc,none": 0.8}}}))
+    (results_only / "tokenizer.json").write_text("{}")
+    return tmp_path, models, built, base
+
+
+def test_batch_writes_the_spec_outputs_with_exact_numbers(batch):
+    tmp_path, models, built, base = batch
+    out = tmp_path / "out"
+    result = run_cli("analyze", "--models_dir", str(models), "--base_model", str(tmp_path / "base"),
+                     "--output_dir", str(out), "--merge_results")
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = {record["name"]: record for record in load(out / "batch_analysis_results.json")["models"]}
+    assert records["Llama-3-8B-Instruct"]["status"] == "skipped"
+    assert "evaluation results" in records["Llama-3-8B-Instruct"]["reason"]
+    assert records["LLM-Pruner_20"]["kind"] == "torch"
+    for name, model in built.items():
+        assert records[name]["status"] == "analysed"
+        folder = models / name / "analysis"
+        structure = load(folder / "model_structure.json")
+        expected = expected_structure(model)
+        assert structure["total_params"] == expected["total_params"]
+        assert [layer["total"] for layer in structure["layers"]] == [layer["total"] for layer in expected["layers"]]
+        comparison = load(folder / "model_comparison.json")
+        assert comparison["original_name"] == "base"
+        assert comparison["total_params"]["original"] == base.num_parameters()
+        assert comparison["total_params"]["pruned"] == model.num_parameters()
+        assert comparison["total_params"]["reduced"] == base.num_parameters() - model.num_parameters()
+        assert comparison["total_params"]["reduction_ratio"] == pytest.approx(
+            (base.num_parameters() - model.num_parameters()) / base.num_parameters())
+        assert (folder / "structure_summary.txt").read_text().startswith(f"Model: {name}")
+    pruner = load(models / "LLM-Pruner_20" / "analysis" / "model_comparison.json")
+    layer1 = pruner["layers"][1]
+    assert layer1["attention"]["num_heads"] == {"original": 4, "pruned": 2, "reduced": 2, "reduction_ratio": 0.5}
+    assert layer1["mlp"]["gate_proj"]["pruned"] == count(built["LLM-Pruner_20"].model.layers[1].mlp.gate_proj)
+    shortgpt = load(models / "ShortGPT_remove_2" / "analysis" / "model_comparison.json")
+    assert shortgpt["layer_matching"]["method"] == "index"
+    assert "guess" in shortgpt["layer_matching"]["note"]
+    summary = load(out / "models_summary.json")
+    assert {model["name"] for model in summary["models"]} == set(built)
+    for model in summary["models"]:
+        assert set(model) >= {"name", "total_params", "num_layers", "layer_params", "embedding_params",
+                              "lm_head_params", "pruning"}
+        assert model["pruning"]["pruned_params"] == built[model["name"]].num_parameters()
+    assert "Next steps" in result.stdout and "Llama-3-8B-Instruct" in result.stdout
+
+
+def test_reuse_force_and_changed_checkpoint(batch, capsys):
+    tmp_path, models, built, _ = batch
+    out = str(tmp_path / "out")
+    assert run_batch(str(models), output_dir=out, include=["ShortGPT*"]) == 0
+    first = capsys.readouterr().out
+    assert "reused" not in first
+    assert run_batch(str(models), output_dir=out, include=["ShortGPT*"]) == 0
+    assert "up to date, reused" in capsys.readouterr().out
+    assert run_batch(str(models), output_dir=out, include=["ShortGPT*"], force=True) == 0
+    assert "reused" not in capsys.readouterr().out
+    # A re-saved checkpoint is analysed again.
+    model = built["ShortGPT_remove_2"]
+    builders.remove_layers(model, [0])
+    model.save_pretrained(models / "ShortGPT_remove_2")
+    os.utime(models / "ShortGPT_remove_2" / "model.safetensors", ns=(1, 1))
+    assert run_batch(str(models), output_dir=out, include=["ShortGPT*"]) == 0
+    assert "reused" not in capsys.readouterr().out
+    assert load(models / "ShortGPT_remove_2" / "analysis" / "model_structure.json")["layer_summary"]["num_layers"] == 3
+
+
+def test_dashed_flags_default_command_include_exclude(batch):
+    tmp_path, models, _, _ = batch
+    out = tmp_path / "out"
+    result = run_cli("--models-dir", str(models), "--output-dir", str(out), "--exclude", "LLM*", "--exclude", "Short*",
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    names = [record["name"] for record in load(out / "batch_analysis_results.json")["models"]]
+    assert names == ["Llama-3-8B-Instruct", "Magnitude_5000"]
+
+
+def test_symlinked_selection_and_loops(batch):
+    tmp_path, models, built, _ = batch
+    selection = tmp_path / "temp_models"
+    selection.mkdir()
+    (selection / "Magnitude_5000").symlink_to(models / "Magnitude_5000")
+    (models / "Magnitude_5000" / "loop").symlink_to(models / "Magnitude_5000")
+    (selection / "dangling").symlink_to(tmp_path / "nowhere")
+    out = tmp_path / "out"
+    assert main(["analyze", "--models_dir", str(selection), "--output_dir", str(out)]) == 1
+    records = {record["name"]: record for record in load(out / "batch_analysis_results.json")["models"]}
+    assert records["Magnitude_5000"]["status"] == "analysed"
+    assert records["Magnitude_5000"]["total_params"] == built["Magnitude_5000"].num_parameters()
+    assert records["dangling"]["status"] == "error"
+    assert "does not exist" in records["dangling"]["error"]
+
+
+def test_bad_inputs_are_one_line_each_and_the_batch_goes_on(tmp_path):
+    models = tmp_path / "models"
+    good = builders.llama()
+    good.save_pretrained(models / "good")
+    broken = {}
+    good.save_pretrained(models / "truncated")
+    data = (models / "truncated" / "model.safetensors").read_bytes()
+    (models / "truncated" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    broken["truncated"] = "truncated"
+    good.save_pretrained(models / "lying_header")
+    path = models / "lying_header" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    name = next(key for key in header if key != "__metadata__")
+    header[name]["shape"][0] += 1
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(size)
+    assert len(text) == size
+    path.write_bytes(bytes(data[:8]) + text + bytes(data[8 + size:]))
+    broken["lying_header"] = "header lies"
+    good.save_pretrained(models / "missing_shard", max_shard_size="40KB")
+    sorted((models / "missing_shard").glob("model-*.safetensors"))[1].unlink()
+    broken["missing_shard"] = "missing shard"
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)).save_pretrained(models / "gpt2")
+    broken["gpt2"] = "unknown architecture"
+    (models / "garbage").mkdir()
+    (models / "garbage" / "pytorch_model.bin").write_bytes(b"not a checkpoint at all")
+    broken["garbage"] = "not a torch.save file"
+    (models / "config_only").mkdir()
+    (models / "config_only" / "config.json").write_text(json.dumps(good.config.to_dict()))
+
+    out = tmp_path / "out"
+    result = run_cli("analyze", "--models_dir", str(models), "--output_dir", str(out))
+    assert result.returncode == 1
+    records = {record["name"]: record for record in load(out / "batch_analysis_results.json")["models"]}
+    assert records["good"]["status"] == "analysed"
+    assert records["config_only"]["status"] == "skipped"
+    assert records["config_only"]["reason"] == "config.json without weight files"
+    for name, problem in broken.items():
+        assert records[name]["status"] == "error", name
+        assert problem in records[name]["error"], (name, records[name]["error"])
+        assert "\n" not in records[name]["error"]
+        assert str(models / name) in records[name]["error"]  # names the file
+        assert not (models / name / "analysis").exists()
+        lines = [line for line in result.stdout.splitlines() if f"✗ {name}:" in line]
+        assert len(lines) == 1
+    leftovers = [path for path in tmp_path.rglob(".tmp-*")]
+    assert leftovers == []
+
+
+def test_unwritable_model_folder_falls_back_to_output_dir(batch, monkeypatch, capsys):
+    tmp_path, models, built, _ = batch
+    import prunescope.report as report
+
+    real = report.write_atomic
+
+    def refuse_model_folders(path, text):
+        if str(models) in str(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, text)
+
+    monkeypatch.setattr("prunescope.pipeline.write_atomic", refuse_model_folders)
+    monkeypatch.setattr("prunescope.report.write_atomic", refuse_model_folders)
+    out = tmp_path / "out"
+    assert run_batch(str(models), output_dir=str(out), include=["Magnitude*"]) == 0
+    assert "not writable" in capsys.readouterr().out
+    structure = load(out / "Magnitude_5000" / "analysis" / "model_structure.json")
+    assert structure["total_params"] == built["Magnitude_5000"].num_parameters()
+    assert not (models / "Magnitude_5000" / "analysis").exists()
+
+
+def test_inspect_prints_per_layer_table(batch):
+    tmp_path, models, built, _ = batch
+    result = run_cli("inspect", str(models / "LLM-Pruner_20"))
+    assert result.returncode == 0, result.stderr
+    assert "layer" in result.stdout and "heads" in result.stdout
+    result = run_cli("inspect", str(models / "LLM-Pruner_20" / "prune_log" / "llama_prune" / "pytorch_model.bin"),
+                     "--json")
+    data = json.loads(result.stdout)
+    assert data["total_params"] == built["LLM-Pruner_20"].num_parameters()
+    assert not (models / "LLM-Pruner_20" / "analysis").exists()  # inspect writes nothing
+
+
+def test_slicegpt_is_recognised_not_mistaken(tmp_path):
+    models = tmp_path / "models"
+    folder = models / "SliceGPT_25"
+    folder.mkdir(parents=True)
+    model = builders.llama()
+    torch.save(model.state_dict(), folder / "llama_0.25.pt")
+    (folder / "llama_0.25.json").write_text(json.dumps({"layers_num": 4, "embedding_dimensions": {"0": 48},
+                                                         "hidden_size": 64}))
+    (folder / "tokenizer_config.json").write_text("{}")
+    out = tmp_path / "out"
+    run_cli("analyze", "--models_dir", str(models), "--output_dir", str(out))
+    record = load(out / "batch_analysis_results.json")["models"][0]
+    assert record["kind"] == "slicegpt"
