@@ -236,7 +236,7 @@ def closing_table(results: list[ModelResult]) -> str:
         rows.append((entry.name, kind, human(structure.total_params), change, str(structure.num_layers),
                      value_range(layer.attention.num_heads for layer in layers),
                      value_range(layer.mlp.intermediate_size for layer in layers), "; ".join(notes)))
-    return format_table(rows)
+    return format_table(rows, left=(0, 1, 7))
 
 
 def _clip(text: str, width: int = 70) -> str:

@@ -152,10 +152,6 @@ def human(count: int | None) -> str:
     return str(count)
 
 
-def percent(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio * 100:.1f}%"
-
-
 def reduction(ratio: float | None) -> str:
     """A reduction ratio as a signed change in size: 0.224 -> '-22.4%', a larger model -> '+3.0%'."""
     if ratio is None:
@@ -191,11 +187,12 @@ def _text(value) -> str:
     return "-" if value is None else str(value)
 
 
-def format_table(rows) -> str:
+def format_table(rows, left=(0,)) -> str:
+    """Plain aligned columns: numbers to the right, the columns in `left` (text) to the left."""
     widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
     lines = []
     for number, row in enumerate(rows):
-        lines.append("  ".join(str(cell).rjust(width) if column else str(cell).ljust(width)
+        lines.append("  ".join(str(cell).ljust(width) if column in left else str(cell).rjust(width)
                                for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))
@@ -238,7 +235,7 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         if comparison.layer_matching.removed_original_layers:
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
     if structure.config_mismatches:
-        lines += ["", "config.json disagrees with the tensor shapes (the shapes are used):"]
+        lines += ["", "The config disagrees with the tensor shapes (the shapes are used):"]
         for mismatch in structure.config_mismatches:
             where = f" in layers {mismatch['layers']}" if mismatch["layers"] else ""
             lines.append(f"  {mismatch['field']}: config {mismatch['config']}, actual {mismatch['actual']}{where}")

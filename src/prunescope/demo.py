@@ -1,0 +1,24 @@
+"""`prunescope demo`: copy the bundled miniature pruning study to a folder and analyse it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+DEMO_DATA = os.path.join(os.path.dirname(__file__), "demo_data")
+
+
+def write_demo(directory: str) -> tuple[str, str]:
+    """Copy the demo models into `directory`; returns (models folder, base model folder)."""
+    for part in ("models", "base"):
+        shutil.copytree(os.path.join(DEMO_DATA, part), os.path.join(directory, part), dirs_exist_ok=True)
+    return os.path.join(directory, "models"), os.path.join(directory, "base", "Llama-demo")
+
+
+def run_demo(directory: str) -> int:
+    from .batch import run_batch
+
+    models_dir, base_model = write_demo(directory)
+    print(f"Demo models written to {directory}/: a base Llama in base/, pruned variants in models/\n")
+    return run_batch(models_dir, base_model=base_model, output_dir=os.path.join(directory, "baselines_analysis"),
+                     merge=True)
