@@ -51,6 +51,7 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "final_norm_params": structure.final_norm_params,
         "other_params": structure.other_params,
         "other_tensors": list(structure.other_tensors),
+        "position_embedding_params": structure.position_embedding_params,
         "family": structure.family,
         "hidden_size": structure.hidden_size,
         "vocab_size": structure.vocab_size,
@@ -60,6 +61,8 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "buffers": list(structure.buffers),
         "config_mismatches": list(structure.config_mismatches),
         "notes": list(structure.notes),
+        "projection_names": structure.projection_names,
+        "slicing": structure.slicing,
     }
 
 
@@ -81,6 +84,8 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         "norm": layer.norm,
         "is_zero_layer": layer.is_zero_layer,
         "other": layer.other,
+        "shortcut": layer.shortcut,
+        **({"widths": layer.widths} if layer.widths else {}),
     }
 
 
@@ -93,7 +98,7 @@ def structure_from_dict(data: dict) -> ModelStructure:
         layers.append(LayerStructure(
             layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
             mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
-            other=layer.get("other", 0)))
+            other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {})))
     return ModelStructure(
         model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
         embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
@@ -101,7 +106,9 @@ def structure_from_dict(data: dict) -> ModelStructure:
         other_params=data["other_params"], layers=tuple(layers), hidden_size=data["hidden_size"],
         vocab_size=data["vocab_size"], head_dim=data["head_dim"], head_dim_source=data["head_dim_source"],
         dtypes=data["dtypes"], other_tensors=tuple(data["other_tensors"]), buffers=tuple(data["buffers"]),
-        config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]))
+        config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]),
+        position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
+        slicing=data["slicing"])
 
 
 # -- model_comparison.json ------------------------------------------------------------------------

@@ -11,14 +11,24 @@ from dataclasses import dataclass, field
 
 from .tensors import CheckpointError, TensorIndex, TensorInfo
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt", "phi", "phi3")
 CLASS_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma",
-                  "gemma2": "Gemma2", "gemma3_text": "Gemma3"}
+                  "gemma2": "Gemma2", "gemma3_text": "Gemma3", "opt": "OPT", "phi": "Phi", "phi3": "Phi3"}
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
-PROJECTION_NAME = re.compile(r"^(?P<module>self_attn|mlp)\.(?P<proj>\w+_proj)\.(?:weight|bias)$")
+# A layer's tensors by role. Families name the same roles differently: OPT's out_proj and Phi-2's
+# dense are o_proj; fc1/fc2 are the up/down projections of an MLP without a gate; Phi-3 fuses
+# q/k/v into qkv_proj and gate/up into gate_up_proj. OPT keeps fc1/fc2 directly in the layer.
+ATTENTION_TENSOR = re.compile(r"^self_attn\.(?P<module>\w+)\.(?:weight|bias)$")
+MLP_TENSOR = re.compile(r"^(?P<parent>mlp\.)?(?P<module>gate_proj|up_proj|down_proj|gate_up_proj|fc1|fc2)\.(?:weight|bias)$")
+ATTENTION_ROLES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj",
+                   "out_proj": "o_proj", "dense": "o_proj", "qkv_proj": "qkv_proj"}
+MLP_ROLES = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj", "fc1": "up_proj",
+             "fc2": "down_proj", "gate_up_proj": "gate_up_proj"}
+QK_NORMS = ("q_norm", "k_norm", "q_layernorm", "k_layernorm")
+SHORTCUTS = ("attn_shortcut_Q", "mlp_shortcut_Q")  # SliceGPT's residual rotations, real parameters
 # Buffers that state dicts of older transformers versions persisted; they are not parameters.
 BUFFER_NAME = re.compile(r"(?:^|\.)(?:inv_freq|masked_bias|position_ids|_float_tensor)$")
 
@@ -41,7 +51,7 @@ class AttentionStructure:
 class MlpStructure:
     type: str
     total: int
-    gate_proj: int
+    gate_proj: int | None  # None for MLPs without a gate (OPT, Phi-2: fc1/fc2)
     up_proj: int
     down_proj: int
     intermediate_size: int | None
@@ -57,6 +67,10 @@ class LayerStructure:
     norm: int
     is_zero_layer: bool | None = None  # None until the contents are measured
     other: int = 0  # parameters of the layer that are neither attention, MLP nor norms
+    shortcut: int = 0  # SliceGPT's attn_shortcut_Q + mlp_shortcut_Q
+    # Widths the layer reads and writes (SliceGPT slices them): attention_input, attention_output,
+    # mlp_input, mlp_output; empty when the layer has no shortcut matrices.
+    widths: dict = field(default_factory=dict, compare=False)
     # Names of the attention and MLP parameters, for the content stage; not part of the report.
     content_tensors: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
@@ -81,6 +95,10 @@ class ModelStructure:
     buffers: tuple[str, ...] = ()
     config_mismatches: tuple[dict, ...] = ()
     notes: tuple[str, ...] = ()
+    position_embedding_params: int = 0  # learned position embeddings (OPT)
+    # Schema name -> the family's own name, where they differ (e.g. o_proj -> out_proj).
+    projection_names: dict = field(default_factory=dict)
+    slicing: dict | None = None  # SliceGPT: the slicing configuration and how it matches the shapes
 
     @property
     def num_layers(self) -> int:
@@ -117,46 +135,52 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         else:
             outside.append(tensor)
 
-    if not any(PROJECTION_NAME.match(rest) for tensors in per_layer.values() for rest, _ in tensors):
+    if not any(_role(rest)[0] in ("attention", "mlp") for tensors in per_layer.values() for rest, _ in tensors):
         family = model_type or "unknown"
         raise CheckpointError(
-            index.files[0], f"unknown architecture ({family}): no decoder layers with self_attn/mlp projections found",
+            index.files[0], f"unknown architecture ({family}): no decoder layers with attention/MLP projections found",
             "supported: " + ", ".join(SUPPORTED_FAMILIES))
 
     notes: list[str] = []
     head_dim, head_dim_source = _head_dim(config, base_config, per_layer, index, notes)
-    prefix = _class_prefix(config, model_type)
-
+    prefix = _class_prefix(config, model_type) or _class_prefix_from_modules(index.module_classes)
+    names: dict[str, str] = {}
     layers = []
     for layer_idx in sorted(per_layer):
-        layers.append(_layer(layer_idx, per_layer[layer_idx], head_dim, prefix,
-                             index.module_classes.get(f"{layer_prefix}.{layer_idx}.self_attn"),
-                             index.module_classes.get(f"{layer_prefix}.{layer_idx}.mlp"), notes))
+        classes = {part: index.module_classes.get(f"{layer_prefix}.{layer_idx}{part}")
+                   for part in ("", ".self_attn", ".mlp")}
+        layers.append(_layer(layer_idx, per_layer[layer_idx], head_dim, prefix, classes, config, names, notes))
     indices = sorted(per_layer)
     if indices and indices != list(range(indices[0], indices[0] + len(indices))):
         missing = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
         notes.append(f"layer indices are not contiguous: {missing} absent (layers kept their original numbers)")
+    if any(layer.mlp.gate_proj is None for layer in layers):
+        notes.append("MLP without a gate projection: gate_proj is null; " +
+                     ", ".join(f"{theirs} is reported as {ours}" for ours, theirs in names.items()
+                               if ours in MLP_PROJECTIONS))
 
-    embedding = lm_head = final_norm = other = 0
+    embedding = positions = lm_head = final_norm = other = 0
     embedding_tensor = None
     other_names = []
     lm_head_seen = False
     for tensor in outside:
-        short = tensor.name.rsplit(".", 2)
+        parts = tensor.name.split(".")
         if tensor.name.endswith("embed_tokens.weight"):
             embedding += tensor.numel
             embedding_tensor = tensor
-        elif tensor.name.startswith("lm_head.") or ".lm_head." in tensor.name:
+        elif tensor.name.endswith("embed_positions.weight"):
+            positions += tensor.numel
+        elif "lm_head" in parts:
             lm_head += tensor.numel
             lm_head_seen = True
-        elif len(short) >= 2 and short[-2].endswith("norm"):
+        elif len(parts) >= 2 and parts[-2].endswith("norm"):
             final_norm += tensor.numel
         else:
             other += tensor.numel
             other_names.append(tensor.name)
 
     tied = False
-    head_alias = next((alias for alias_name, alias in aliases.items() if "lm_head" in alias_name), None)
+    head_alias = next((alias for alias_name, alias in aliases.items() if "lm_head" in alias_name.split(".")), None)
     if head_alias is not None and head_alias.endswith("embed_tokens.weight"):
         tied = True
     elif not lm_head_seen and embedding_tensor is not None:
@@ -166,11 +190,10 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
             tied = True
     lm_head_params = embedding_tensor.numel if tied and embedding_tensor is not None else lm_head
 
-    total = sum(tensor.numel for tensor in counted)
     structure = ModelStructure(
         model_name=name,
-        family=model_type or _family_from_classes(index.module_classes) or "llama-like",
-        total_params=total,
+        family=model_type or _family_from_classes(index.module_classes) or "unknown",
+        total_params=sum(tensor.numel for tensor in counted),
         embedding_params=embedding,
         lm_head_params=lm_head_params,
         tied_embeddings=tied,
@@ -185,42 +208,74 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         other_tensors=tuple(other_names),
         buffers=tuple(buffers),
         notes=tuple(notes),
+        position_embedding_params=positions,
+        projection_names=names,
     )
-    assert structure.total_params == (structure.embedding_params + lm_head + final_norm + other
+    assert structure.total_params == (embedding + positions + lm_head + final_norm + other
                                       + structure.total_layer_params), "buckets must add up to the total"
     return _with_mismatches(structure, config)
 
 
-def _layer(layer_idx, tensors, head_dim, prefix, attention_class, mlp_class, notes) -> LayerStructure:
-    projections: dict[str, int] = {}
-    rows: dict[str, int] = {}
-    attention_other = mlp_other = qk_norm = norm = other = 0
+def _role(rest: str) -> tuple[str, str]:
+    """(bucket, module) of a tensor named relative to its layer."""
+    match = ATTENTION_TENSOR.match(rest)
+    if match:
+        module = match["module"]
+        if module in ATTENTION_ROLES:
+            return "attention", module
+        return ("qk_norm" if module in QK_NORMS else "attention_other"), module
+    if rest.startswith("self_attn."):
+        return "attention_other", rest
+    match = MLP_TENSOR.match(rest)
+    if match:
+        return "mlp", match["module"]
+    if rest.startswith("mlp."):
+        return "mlp_other", rest
+    if rest in SHORTCUTS:
+        return "shortcut", rest
+    if rest.split(".", 1)[0].endswith("norm"):
+        return "norm", rest
+    return "other", rest
+
+
+def _layer(layer_idx, tensors, head_dim, prefix, classes, config, names, notes) -> LayerStructure:
+    params: dict[str, int] = {}  # by the family's module name
+    weights: dict[str, tuple[int, ...]] = {}
+    buckets = {"qk_norm": 0, "attention_other": 0, "mlp_other": 0, "norm": 0, "shortcut": 0, "other": 0}
     content = []
+    shortcut_shapes = {}
     for rest, tensor in tensors:
-        match = PROJECTION_NAME.match(rest)
-        module = rest.split(".", 1)[0]
-        if match and match["proj"] in ATTENTION_PROJECTIONS + MLP_PROJECTIONS:
-            projections[match["proj"]] = projections.get(match["proj"], 0) + tensor.numel
-            if rest.endswith(".weight") and tensor.shape:
-                rows[match["proj"]] = tensor.shape[0]
-            content.append(tensor.name)
-        elif module == "self_attn":
-            if rest.split(".")[1] in ("q_norm", "k_norm"):
-                qk_norm += tensor.numel
-            else:
-                attention_other += tensor.numel
-                content.append(tensor.name)
-        elif module == "mlp":
-            mlp_other += tensor.numel
-            content.append(tensor.name)
-        elif module.endswith("norm"):
-            norm += tensor.numel
+        bucket, module = _role(rest)
+        if bucket in ("attention", "mlp"):
+            params[module] = params.get(module, 0) + tensor.numel
+            if rest.endswith(".weight"):
+                weights[module] = tensor.shape
         else:
-            other += tensor.numel
+            buckets[bucket] += tensor.numel
+        if bucket in ("attention", "attention_other", "mlp", "mlp_other"):
+            content.append(tensor.name)
+        if bucket == "shortcut":
+            shortcut_shapes[rest] = tensor.shape
+
+    roles: dict[str, int | None] = {}
+    rows: dict[str, int] = {}
+    for module, count in params.items():
+        role = ATTENTION_ROLES.get(module) or MLP_ROLES[module]
+        if role != module:
+            names[role] = module
+        roles[role] = count
+        if module in weights and weights[module]:
+            rows[role] = weights[module][0]
+    if "qkv_proj" in roles:
+        _split_fused(roles, rows, "qkv_proj", _qkv_rows(rows.get("qkv_proj"), head_dim, config, layer_idx, notes), names)
+    if "gate_up_proj" in roles:
+        half = rows["gate_up_proj"] // 2 if "gate_up_proj" in rows else None
+        _split_fused(roles, rows, "gate_up_proj", (half, half) if half else None, names)
+    has_gate = "gate_proj" in roles or "up_proj" not in roles
 
     def heads(projection: str) -> int | None:
         if projection not in rows:
-            return 0
+            return None if projection in roles else 0
         if head_dim is None:
             return None
         if rows[projection] % head_dim:
@@ -228,20 +283,78 @@ def _layer(layer_idx, tensors, head_dim, prefix, attention_class, mlp_class, not
             return None
         return rows[projection] // head_dim
 
-    attention_params = [projections.get(proj, 0) for proj in ATTENTION_PROJECTIONS]
+    attention_params = [roles.get(proj) or 0 for proj in ATTENTION_PROJECTIONS]
+    attention_total = sum(params[m] for m in params if m in ATTENTION_ROLES) + buckets["qk_norm"] + buckets["attention_other"]
     attention = AttentionStructure(
-        type=_short_class(attention_class) or f"{prefix}Attention",
-        total=sum(attention_params) + qk_norm + attention_other,
+        type=_short_class(classes[".self_attn"]) or f"{prefix}Attention",
+        total=attention_total,
         q_proj=attention_params[0], k_proj=attention_params[1], v_proj=attention_params[2], o_proj=attention_params[3],
-        num_heads=heads("q_proj"), num_kv_heads=heads("k_proj"), qk_norm=qk_norm, other=attention_other)
-    mlp_params = [projections.get(proj, 0) for proj in MLP_PROJECTIONS]
-    intermediate = rows.get("gate_proj", rows.get("up_proj", 0))
+        num_heads=heads("q_proj"), num_kv_heads=heads("k_proj"), qk_norm=buckets["qk_norm"],
+        other=buckets["attention_other"])
+    mlp_total = sum(params[m] for m in params if m in MLP_ROLES) + buckets["mlp_other"]
+    has_mlp_module = classes[".mlp"] is not None or any(rest.startswith("mlp.") for rest, _ in tensors)
     mlp = MlpStructure(
-        type=_short_class(mlp_class) or f"{prefix}MLP", total=sum(mlp_params) + mlp_other,
-        gate_proj=mlp_params[0], up_proj=mlp_params[1], down_proj=mlp_params[2],
-        intermediate_size=intermediate, other=mlp_other)
-    return LayerStructure(layer_idx=layer_idx, total=attention.total + mlp.total + norm + other, attention=attention,
-                          mlp=mlp, norm=norm, other=other, content_tensors=tuple(content))
+        type=_short_class(classes[".mlp"]) or (f"{prefix}MLP" if has_mlp_module
+                                               else _short_class(classes[""]) or f"{prefix}DecoderLayer"),
+        total=mlp_total,
+        gate_proj=(roles.get("gate_proj") or 0) if has_gate else None,
+        up_proj=roles.get("up_proj") or 0, down_proj=roles.get("down_proj") or 0,
+        intermediate_size=rows.get("gate_proj", rows.get("up_proj", 0)),
+        other=buckets["mlp_other"])
+    widths = {}
+    if shortcut_shapes:
+        widths = {"attention_input": _columns(weights, ("q_proj", "qkv_proj")),
+                  "attention_output": _first_rows(weights, ("o_proj", "out_proj", "dense")),
+                  "mlp_input": _columns(weights, ("gate_proj", "up_proj", "gate_up_proj", "fc1")),
+                  "mlp_output": _first_rows(weights, ("down_proj", "fc2"))}
+    return LayerStructure(
+        layer_idx=layer_idx, total=attention.total + mlp.total + buckets["norm"] + buckets["shortcut"] + buckets["other"],
+        attention=attention, mlp=mlp, norm=buckets["norm"], other=buckets["other"], shortcut=buckets["shortcut"],
+        widths=widths, content_tensors=tuple(content))
+
+
+def _columns(weights, modules) -> int | None:
+    return next((weights[m][1] for m in modules if m in weights and len(weights[m]) == 2), None)
+
+
+def _first_rows(weights, modules) -> int | None:
+    return next((weights[m][0] for m in modules if m in weights and weights[m]), None)
+
+
+def _split_fused(roles, rows, fused, split_rows, names) -> None:
+    """Share a fused projection's parameters among its parts in proportion to their rows."""
+    count = roles.pop(fused)
+    total_rows = rows.pop(fused, None)
+    parts = ("q_proj", "k_proj", "v_proj") if fused == "qkv_proj" else ("gate_proj", "up_proj")
+    for part in parts:
+        names[part] = f"{fused} (split)"
+    if not split_rows or not total_rows:
+        for part in parts:
+            roles[part] = None
+        return
+    for part, part_rows in zip(parts, split_rows):
+        roles[part] = count * part_rows // total_rows
+        rows[part] = part_rows
+
+
+def _qkv_rows(total_rows, head_dim, config, layer_idx, notes):
+    """How a fused qkv_proj's rows divide into q, k and v: (heads + 2 * kv_heads) * head_dim rows. The
+    config's head counts are used when they fit the rows; else its query-per-KV group size."""
+    if not total_rows or not head_dim or total_rows % head_dim:
+        notes.append(f"layer {layer_idx}: cannot split qkv_proj ({total_rows} rows) without a head_dim")
+        return None
+    slots = total_rows // head_dim
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    if isinstance(heads, int) and isinstance(kv_heads, int) and heads + 2 * kv_heads == slots:
+        return heads * head_dim, kv_heads * head_dim, kv_heads * head_dim
+    if isinstance(heads, int) and isinstance(kv_heads, int) and kv_heads and heads % kv_heads == 0:
+        group = heads // kv_heads
+        if slots % (group + 2) == 0:
+            kv = slots // (group + 2)
+            return group * kv * head_dim, kv * head_dim, kv * head_dim
+    notes.append(f"layer {layer_idx}: qkv_proj has {slots} heads' rows, which no q/kv split of the config fits")
+    return None
 
 
 def _head_dim(config, base_config, per_layer, index: TensorIndex, notes) -> tuple[int | None, str]:
@@ -249,7 +362,7 @@ def _head_dim(config, base_config, per_layer, index: TensorIndex, notes) -> tupl
     candidates: list[tuple[object, str]] = [(config.get("head_dim"), "config head_dim")]
     for tensors in per_layer.values():
         for rest, tensor in tensors:
-            if rest == "self_attn.q_norm.weight" and tensor.shape:
+            if rest in ("self_attn.q_norm.weight", "self_attn.q_layernorm.weight") and tensor.shape:
                 candidates.append((tensor.shape[0], "q_norm shape"))
                 break
         else:
@@ -264,7 +377,8 @@ def _head_dim(config, base_config, per_layer, index: TensorIndex, notes) -> tupl
             candidates.append((2 * tensor.shape[0], "rotary inv_freq length"))
             break
     rows = [tensor.shape[0] for tensors in per_layer.values() for rest, tensor in tensors
-            if rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight") and tensor.shape]
+            if rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.qkv_proj.weight")
+            and tensor.shape]
     rejected = []
     for value, source in candidates:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -291,6 +405,10 @@ def _class_prefix(config: dict, model_type: str) -> str:
             if architectures[0].endswith(suffix):
                 return architectures[0][: -len(suffix)]
     return CLASS_PREFIXES.get(model_type, "")
+
+
+def _class_prefix_from_modules(module_classes: dict[str, str]) -> str:
+    return _class_prefix({"architectures": [_short_class(module_classes.get("")) or ""]}, "")
 
 
 def _short_class(qualified: str | None) -> str | None:
