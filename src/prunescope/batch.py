@@ -216,7 +216,7 @@ def closing_table(results: list[ModelResult]) -> str:
             continue
         structure = result.analysis.structure
         layers = structure.layers
-        notes = []
+        notes = [structure.slicing["summary"]] if structure.slicing else []
         zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
         if zero:
             notes.append(f"zero layers {zero}")

@@ -36,6 +36,7 @@ class LayerComparison:
     attention: dict[str, Change]
     mlp: dict[str, Change]
     norm: Change
+    shortcut: Change  # SliceGPT's rotations: where parameters went when the projections shrank
     is_zero_layer: bool | None
 
 
@@ -109,5 +110,6 @@ def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> La
         attention={name: Change(pick(base_attention, name), getattr(layer.attention, name)) for name in ATTENTION_FIELDS},
         mlp={name: Change(pick(base_mlp, name), getattr(layer.mlp, name)) for name in MLP_FIELDS},
         norm=Change(pick(original, "norm"), layer.norm),
+        shortcut=Change(pick(original, "shortcut"), layer.shortcut),
         is_zero_layer=layer.is_zero_layer,
     )

@@ -142,11 +142,15 @@ def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpo
     name = os.path.basename(path)
     if name in NOT_MODEL_FILES:
         return None
+    if name.endswith(".safetensors") and files is None:
+        config = _model_config(folder or ".", os.listdir(folder or "."))
     if name.endswith(".safetensors"):
         return Checkpoint("huggingface" if config else "safetensors", path, (path,), config)
     if not name.endswith(TORCH_SUFFIXES):
         return None
-    files = files if files is not None else os.listdir(folder)
+    if files is None:  # a file given on its own: its folder may still hold its config
+        files = os.listdir(folder or ".")
+        config = _model_config(folder or ".", files)
     slicing = _strip_suffix(name) + ".json"
     if slicing in files and _is_slicing_config(os.path.join(folder, slicing)):
         return Checkpoint("slicegpt", path, (path,), config, os.path.join(folder, slicing))

@@ -15,6 +15,7 @@ from .contents import measure_zero_layers
 from .discover import Checkpoint, ModelEntry, examine
 from .readers import read_tensor_index
 from .report import comparison_to_dict, structure_from_dict, structure_summary, structure_to_dict, write_json, write_atomic
+from .slicing import describe_slicing
 from .structure import ModelStructure, interpret
 from .tensors import CheckpointError, SecurityFinding
 
@@ -87,12 +88,12 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
     source = fingerprint(checkpoint)
-    if checkpoint.kind == "slicegpt":
-        raise CheckpointError(checkpoint.path, "SliceGPT checkpoint recognised; its analysis is not implemented yet",
-                              "native SliceGPT support is tracked in its own issue")
     index = read_tensor_index(checkpoint.weight_files)
     config = load_config(checkpoint.config_file) or index.embedded_config
     structure = interpret(index, name, config, base_config)
+    if checkpoint.kind == "slicegpt":
+        slicing = load_config(checkpoint.slicing_config) or {}
+        structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
     structure = measure_zero_layers(structure, index)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
 
@@ -130,9 +131,6 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
         return ModelResult(entry, "error", entry.error)
     if entry.skip_reason:
         return ModelResult(entry, "skipped", entry.skip_reason)
-    if entry.checkpoint.kind == "slicegpt":
-        return ModelResult(entry, "skipped", "SliceGPT model recognised "
-                           f"({os.path.basename(entry.checkpoint.slicing_config)}); its analysis is not implemented yet")
     primary, fallback = analysis_dirs(entry, output_dir)
     try:
         analysis, reused = None, False

@@ -134,6 +134,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "attention": {name: _change(change) for name, change in layer.attention.items()},
                 "mlp": {name: _change(change) for name, change in layer.mlp.items()},
                 "norm": _change(layer.norm),
+                "shortcut": _change(layer.shortcut),
                 "is_zero_layer": layer.is_zero_layer,
             }
             for layer in comparison.layers
@@ -177,16 +178,18 @@ def value_range(values) -> str:
 
 
 def layer_table(structure: ModelStructure) -> str:
-    header = ("layer", "total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm", "zero")
-    rows = [header]
+    sliced = any(layer.shortcut for layer in structure.layers)
+    header = ("layer", "total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
+    rows = [header + (("shortcut",) if sliced else ()) + ("zero",)]
     for layer in structure.layers:
         attention, mlp = layer.attention, layer.mlp
         rows.append((
             str(layer.layer_idx), human(layer.total), human(attention.total), human(attention.q_proj),
             human(attention.k_proj), human(attention.v_proj), human(attention.o_proj),
             _text(attention.num_heads), _text(attention.num_kv_heads), human(mlp.total), human(mlp.gate_proj),
-            human(mlp.up_proj), human(mlp.down_proj), _text(mlp.intermediate_size), human(layer.norm),
-            {True: "yes", False: "", None: "?"}[layer.is_zero_layer]))
+            human(mlp.up_proj), human(mlp.down_proj), _text(mlp.intermediate_size), human(layer.norm))
+            + ((human(layer.shortcut),) if sliced else ())
+            + ({True: "yes", False: "", None: "?"}[layer.is_zero_layer],))
     return format_table(rows)
 
 
@@ -213,6 +216,11 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
     lines = [
         f"Model: {structure.model_name}",
         f"Checkpoint: {checkpoint_path} ({kind})",
+    ]
+    if structure.slicing:
+        lines.append(f"Slicing: {structure.slicing['summary']} "
+                     f"(shortcut matrices: {structure.slicing['shortcut_params']:,} parameters)")
+    lines += [
         f"Family: {structure.family}    head_dim: {_text(structure.head_dim)} ({structure.head_dim_source})",
         "",
         f"Total parameters:     {structure.total_params:,} ({human(structure.total_params)})",
@@ -227,6 +235,8 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
     zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
     if zero:
         lines.append(f"All-zero layers:      {zero}")
+    if structure.position_embedding_params:
+        lines.append(f"Position embeddings:  {structure.position_embedding_params:,}")
     if structure.other_params:
         lines.append(f"Other parameters:     {structure.other_params:,} ({', '.join(structure.other_tensors)})")
     if comparison is not None:
@@ -246,6 +256,9 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         for mismatch in structure.config_mismatches:
             where = f" in layers {mismatch['layers']}" if mismatch["layers"] else ""
             lines.append(f"  {mismatch['field']}: config {mismatch['config']}, actual {mismatch['actual']}{where}")
+    if structure.slicing and structure.slicing["mismatches"]:
+        lines += ["", "The slicing configuration disagrees with the shapes (the shapes are used):"]
+        lines += [f"  {m}" for m in structure.slicing["mismatches"]]
     if structure.notes:
         lines += ["", "Notes:"] + [f"  {note}" for note in structure.notes]
     if findings:
