@@ -92,8 +92,9 @@ def test_batch_writes_the_spec_outputs_with_exact_numbers(batch):
     assert layer1["attention"]["num_heads"] == {"original": 4, "pruned": 2, "reduced": 2, "reduction_ratio": 0.5}
     assert layer1["mlp"]["gate_proj"]["pruned"] == count(built["LLM-Pruner_20"].model.layers[1].mlp.gate_proj)
     shortgpt = load(models / "ShortGPT_remove_2" / "analysis" / "model_comparison.json")
-    assert shortgpt["layer_matching"]["method"] == "index"
-    assert "guess" in shortgpt["layer_matching"]["note"]
+    assert shortgpt["layer_matching"]["method"] == "content"
+    assert shortgpt["layer_matching"]["removed_original_layers"] == [2, 4]
+    assert [layer["original_layer_idx"] for layer in shortgpt["layers"]] == [0, 1, 3, 5]
     summary = load(out / "models_summary.json")
     assert {model["name"] for model in summary["models"]} == set(built)
     for model in summary["models"]:
@@ -101,6 +102,37 @@ def test_batch_writes_the_spec_outputs_with_exact_numbers(batch):
                               "lm_head_params", "pruning"}
         assert model["pruning"]["pruned_params"] == built[model["name"]].num_parameters()
     assert "Next steps" in result.stdout and "Llama-3-8B-Instruct" in result.stdout
+
+
+def test_removed_layers_without_a_content_match_are_paired_by_position_and_say_so(tmp_path):
+    base = builders.llama(num_hidden_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    retrained = builders.llama(num_hidden_layers=6)  # different weights: no layer matches the base
+    builders.remove_layers(retrained, [0, 1])
+    retrained.save_pretrained(tmp_path / "models" / "pruned")
+    assert run_batch(str(tmp_path / "models"), base_model=str(tmp_path / "base"), output_dir=str(tmp_path / "out")) == 0
+    comparison = load(tmp_path / "models" / "pruned" / "analysis" / "model_comparison.json")
+    assert comparison["layer_matching"]["method"] == "index"
+    assert "guess" in comparison["layer_matching"]["note"]
+    assert [layer["original_layer_idx"] for layer in comparison["layers"]] == [0, 1, 2, 3]
+
+
+def test_changed_layers_between_matched_ones_are_flagged(tmp_path):
+    base = builders.llama(num_hidden_layers=6)
+    base.save_pretrained(tmp_path / "base")
+    merged = builders.llama(num_hidden_layers=6)
+    merged.load_state_dict(base.state_dict())
+    with torch.no_grad():  # LaCo-style: layer 2 absorbs layer 3, which is removed
+        merged.model.layers[2].mlp.up_proj.weight.add_(merged.model.layers[3].mlp.up_proj.weight)
+    builders.remove_layers(merged, [3])
+    merged.save_pretrained(tmp_path / "models" / "laco")
+    assert run_batch(str(tmp_path / "models"), base_model=str(tmp_path / "base"), output_dir=str(tmp_path / "out")) == 0
+    comparison = load(tmp_path / "models" / "laco" / "analysis" / "model_comparison.json")
+    matching = comparison["layer_matching"]
+    assert matching["method"] == "content"
+    assert "layers [2] changed" in matching["note"]
+    assert [layer["original_layer_idx"] for layer in comparison["layers"]] == [0, 1, 2, 4, 5]
+    assert matching["removed_original_layers"] == [3]
 
 
 def test_reuse_force_and_changed_checkpoint(batch, capsys):

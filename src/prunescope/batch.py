@@ -228,8 +228,11 @@ def closing_table(results: list[ModelResult]) -> str:
             notes.append(f"SECURITY: {len(result.analysis.findings)} finding(s)")
         matching = result.comparison.layer_matching if result.comparison is not None else None
         if matching is not None and matching.removed_original_layers:
-            how = "by position (a guess)" if matching.method == "index" else f"by {matching.method}"
-            notes.append(f"base layers {list(matching.removed_original_layers)} unmatched; paired {how}")
+            removed = list(matching.removed_original_layers)
+            if matching.method == "content":
+                notes.append(f"removed base layers {removed} (matched by content)")
+            else:
+                notes.append(f"base layers {removed} unmatched; paired by {matching.method} (a guess)")
         if result.reused:
             notes.append("reused")
         change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"

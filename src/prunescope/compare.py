@@ -76,11 +76,18 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
 
 
 def match_layers(base_layers, pruned_layers):
-    """Pair each pruned layer with the base layer it came from, and say how that was decided."""
+    """Pair each pruned layer with the base layer it came from, and say how that was decided.
+
+    Layers a depth-pruning method kept verbatim have the base layer's content fingerprint; those
+    anchor the pairing. Without fingerprints, pairing falls back to index numbers or positions.
+    """
     base_by_idx = {layer.layer_idx: layer for layer in base_layers}
     if len(base_layers) == len(pruned_layers):
         pairs = list(zip(base_layers, pruned_layers))
         return pairs, LayerMatching("index", "same number of layers: layer i paired with layer i")
+    by_content = _match_by_content(base_layers, pruned_layers)
+    if by_content is not None:
+        return by_content
     pruned_indices = [layer.layer_idx for layer in pruned_layers]
     contiguous = pruned_indices == list(range(len(pruned_indices)))
     if not contiguous and all(idx in base_by_idx for idx in pruned_indices):
@@ -92,9 +99,43 @@ def match_layers(base_layers, pruned_layers):
     unpaired = tuple(layer.layer_idx for layer in base_layers if layer.layer_idx not in set(pruned_indices))
     return pairs, LayerMatching(
         "index",
-        f"layer counts differ ({len(base_layers)} vs {len(pruned_layers)}) and layers were renumbered: paired by "
-        "position, which is a guess; which base layers were removed cannot be told from shapes alone",
-        unpaired)
+        f"layer counts differ ({len(base_layers)} vs {len(pruned_layers)}) and no layer's content matches the "
+        "base's (changed weights or dtype): paired by position, which is a guess", unpaired)
+
+
+def _match_by_content(base_layers, pruned_layers):
+    """Monotonic matching on fingerprints; None when no layer matches."""
+    anchors: dict[int, int] = {}  # pruned position -> base position
+    next_base = 0
+    for position, layer in enumerate(pruned_layers):
+        if layer.fingerprint is None:
+            return None
+        for base_position in range(next_base, len(base_layers)):
+            if base_layers[base_position].fingerprint == layer.fingerprint:
+                anchors[position] = base_position
+                next_base = base_position + 1
+                break
+    if not anchors:
+        return None
+    pairs, guessed, used = [], [], set(anchors.values())
+    for position, layer in enumerate(pruned_layers):
+        if position in anchors:
+            pairs.append((base_layers[anchors[position]], layer))
+            continue
+        # Changed content (e.g. LaCo's merged layers): the first unused base layer after the last anchor.
+        low = max((anchors[p] for p in anchors if p < position), default=-1)
+        candidate = next((b for b in range(low + 1, len(base_layers)) if b not in used), None)
+        if candidate is not None:
+            used.add(candidate)
+        pairs.append((base_layers[candidate] if candidate is not None else None, layer))
+        guessed.append(layer.layer_idx)
+    removed = tuple(layer.layer_idx for b, layer in enumerate(base_layers) if b not in used)
+    note = f"{len(anchors)} of {len(pruned_layers)} layers matched base layers by content"
+    if guessed:
+        note += f"; layers {guessed} changed and were paired by position between the matched ones"
+    else:
+        note += f"; removed base layers: {list(removed)}"
+    return pairs, LayerMatching("content", note, removed)
 
 
 def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> LayerComparison:

@@ -1,8 +1,12 @@
-"""Stage 4: measure tensor contents. Here: which layers are all zeros, read only as far as needed.
+"""Stage 4: measure tensor contents, cheaply: which layers are all zeros, and a fingerprint per layer.
 
 A float is zero when its bits without the sign are zero, so -0.0 counts as zero. Bytes are read
 from the first element on and reading stops at the first nonzero value: a real weight matrix costs
 one small read, and only an all-zero tensor is read to its end.
+
+The fingerprint hashes each layer's shapes, dtypes and a few KB sampled from the start, middle and
+end of its tensors: a layer a depth-pruning method kept verbatim has the same fingerprint as in the
+base model, which is how removed layers are identified (full comparison would read everything).
 """
 
 from __future__ import annotations
@@ -17,14 +21,40 @@ FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
 
 
-def measure_zero_layers(structure: ModelStructure, index: TensorIndex) -> ModelStructure:
-    """The structure with `is_zero_layer` filled in for every layer."""
+SAMPLE = 4096  # bytes hashed at each of three places per tensor
+
+
+def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStructure:
+    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer."""
     by_name = {tensor.name: tensor for tensor in index.tensors}
     with _Files() as files:
         layers = tuple(
-            replace(layer, is_zero_layer=all(_is_all_zero(by_name[name], files) for name in layer.content_tensors))
+            replace(layer,
+                    is_zero_layer=all(_is_all_zero(by_name[name], files) for name in layer.content_tensors),
+                    fingerprint=_fingerprint([by_name[name] for name in layer.content_tensors], files))
             for layer in structure.layers)
     return replace(structure, layers=layers)
+
+
+def _fingerprint(tensors: list[TensorInfo], files: "_Files") -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    # Names relative to the layer, so that renumbered layers still match.
+    def local_name(tensor):  # e.g. "q_proj.weight": unique within a layer, whatever the layer's number
+        return ".".join(tensor.name.split(".")[-2:])
+
+    for tensor in sorted(tensors, key=local_name):
+        digest.update(f"{local_name(tensor)}|{tensor.dtype}|{tensor.shape}".encode())
+        ranges = tensor.byte_ranges()
+        if not ranges:
+            continue
+        first, last = ranges[0], ranges[-1]
+        middle = ranges[len(ranges) // 2]
+        for start, length in ((first[0], first[1]), (middle[0] + middle[1] // 2, middle[1] - middle[1] // 2),
+                              (last[0] + max(0, last[1] - SAMPLE), min(last[1], SAMPLE))):
+            digest.update(files.read(tensor.file, start, min(length, SAMPLE)))
+    return digest.hexdigest()
 
 
 def _is_all_zero(tensor: TensorInfo, files: "_Files") -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from .compare import Comparison, compare
-from .contents import measure_zero_layers
+from .contents import measure_layers
 from .discover import Checkpoint, ModelEntry, examine
 from .readers import read_tensor_index
 from .report import comparison_to_dict, structure_from_dict, structure_summary, structure_to_dict, write_json, write_atomic
@@ -94,7 +94,7 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
     if checkpoint.kind == "slicegpt":
         slicing = load_config(checkpoint.slicing_config) or {}
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
-    structure = measure_zero_layers(structure, index)
+    structure = measure_layers(structure, index)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
 
 

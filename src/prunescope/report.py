@@ -86,6 +86,7 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         "other": layer.other,
         "shortcut": layer.shortcut,
         **({"widths": layer.widths} if layer.widths else {}),
+        "fingerprint": layer.fingerprint,
     }
 
 
@@ -98,7 +99,8 @@ def structure_from_dict(data: dict) -> ModelStructure:
         layers.append(LayerStructure(
             layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
             mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
-            other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {})))
+            other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
+            fingerprint=layer["fingerprint"]))
     return ModelStructure(
         model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
         embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],

@@ -71,6 +71,7 @@ class LayerStructure:
     # Widths the layer reads and writes (SliceGPT slices them): attention_input, attention_output,
     # mlp_input, mlp_output; empty when the layer has no shortcut matrices.
     widths: dict = field(default_factory=dict, compare=False)
+    fingerprint: str | None = None  # hash of sampled contents: equal for a layer kept verbatim
     # Names of the attention and MLP parameters, for the content stage; not part of the report.
     content_tensors: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
