@@ -8,7 +8,7 @@ import sys
 
 from . import __version__
 from .discover import discover_models
-from .pipeline import COMPARISON_FILE, STRUCTURE_FILE, ModelResult, analyse_entry, analyse_path
+from .pipeline import COMPARISON_FILE, STRUCTURE_FILE, ModelResult, ScanOptions, analyse_entry, analyse_path
 from .report import format_table, human, reduction, value_range, write_json
 from .tensors import CheckpointError
 
@@ -19,7 +19,7 @@ SUMMARY_FILE = "models_summary.json"
 
 def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
-              out=None) -> int:
+              out=None, sparsity: bool = False, device: str = "auto") -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
     from .cli import timestamp
 
@@ -57,11 +57,21 @@ def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = 
     say(f"Analysing models ({len(found)})")
     say(RULE)
 
+    scan = None
+    if sparsity:
+        from .scan import choose_device  # numpy (and maybe torch) only when contents are scanned
+
+        try:
+            scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
+        except CheckpointError as error:
+            say(f"✗ error: {error.line()}")
+            return 1
+        say(f"Content scan (--sparsity) on {scan.device}")
     base = None
     base_error = None
     if base_model:
         try:
-            base = analyse_path(base_model)
+            base = analyse_path(base_model, scan=scan)
             say(f"✓ base model: {base.structure.model_name} ({human(base.structure.total_params)} parameters, "
                 f"{base.structure.num_layers} layers)")
         except CheckpointError as error:
@@ -74,7 +84,7 @@ def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = 
     results: list[ModelResult] = []
     progress = _progress(len(entries))
     for number, entry in enumerate(entries, 1):
-        result = analyse_entry(entry, output_dir, base, force)
+        result = analyse_entry(entry, output_dir, base, force, scan)
         results.append(result)
         line = _status_line(number, len(entries), result)
         if progress is not None:
@@ -138,8 +148,14 @@ def _status_line(number: int, total: int, result: ModelResult) -> str:
         return f"{prefix} ⊘ {name}: skipped ({result.message})"
     structure = result.analysis.structure
     text = f"{prefix} ✓ {name}: {human(structure.total_params)} parameters, {structure.num_layers} layers"
+    if structure.contents is not None:
+        text += f", sparsity {structure.contents.sparsity * 100:.1f}%"
+        if structure.contents.nm_sparsity:
+            text += f" ({structure.contents.nm_sparsity})"
     if result.comparison is not None:
         text += f", {reduction(result.comparison.total_params.reduction_ratio)} vs base"
+        if result.comparison.nonzero_params is not None:
+            text += f" ({reduction(result.comparison.nonzero_params.reduction_ratio)} nonzero)"
     text += f" -> {result.analysis_dir}" + (" (up to date, reused)" if result.reused else "")
     for finding in result.analysis.findings:
         text += f"\n    ⚠ SECURITY {finding.line()}"
@@ -217,6 +233,9 @@ def closing_table(results: list[ModelResult]) -> str:
         structure = result.analysis.structure
         layers = structure.layers
         notes = [structure.slicing["summary"]] if structure.slicing else []
+        if structure.contents is not None:
+            notes.append(f"sparsity {structure.contents.sparsity * 100:.1f}%"
+                         + (f" {structure.contents.nm_sparsity}" if structure.contents.nm_sparsity else ""))
         zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
         if zero:
             notes.append(f"zero layers {zero}")

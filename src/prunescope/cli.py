@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="a model folder or a checkpoint file")
     inspect.add_argument("--base_model", "--base-model", dest="base_model", help="base model to compare with")
     inspect.add_argument("--json", action="store_true", help="print model_structure.json to stdout instead")
+    add_scan_arguments(inspect)
 
     demo = commands.add_parser("demo", help="write the bundled demo models and analyse them")
     demo.add_argument("directory", nargs="?", default="prunescope_demo", help="where to write (default: %(default)s)")
@@ -34,14 +35,21 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base_model", "--base-model", dest="base_model", help="the unpruned model, for comparisons")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="baselines_analysis/",
                         help="where batch results go (default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="accepted for compatibility: the structure analysis needs no device")
+    add_scan_arguments(parser)
     parser.add_argument("--merge_results", "--merge-results", dest="merge_results", action="store_true",
                         help="also write <output_dir>/models_summary.json from the analyses on disk")
     parser.add_argument("--force", action="store_true", help="re-analyse models whose analysis is up to date")
     parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="only entries matching")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip entries matching")
     parser.add_argument("--model", action="append", default=[], metavar="PATH", help="also analyse this model path")
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sparsity", action="store_true",
+                        help="read every tensor: nonzeros, N:M patterns, zeroed heads and channels")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where --sparsity counts (auto: CUDA when torch sees one); the structure "
+                             "analysis itself needs no device")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                          merge=args.merge_results, force=args.force, include=args.include,
-                         exclude=args.exclude, extra_models=args.model)
+                         exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
+                         device=args.device)
     if args.command == "inspect":
-        return inspect_model(args.path, args.base_model, args.json)
+        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -66,15 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def inspect_model(path: str, base_model: str | None, as_json: bool) -> int:
+def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bool = False,
+                  device: str = "auto") -> int:
     from .compare import compare
-    from .pipeline import analyse_path
+    from .pipeline import ScanOptions, analyse_path
     from .report import structure_summary, structure_to_dict
     from .tensors import CheckpointError
 
     try:
-        base = analyse_path(base_model) if base_model else None
-        analysis = analyse_path(path, base.config if base else None)
+        scan = None
+        if sparsity:
+            from .scan import choose_device
+
+            scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
+        base = analyse_path(base_model, scan=scan) if base_model else None
+        analysis = analyse_path(path, base.config if base else None, scan)
     except CheckpointError as error:
         print(f"error: {error.line()}", file=sys.stderr)
         return 1

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from .structure import LayerStructure, ModelStructure
+from .records import Record
 
 ATTENTION_FIELDS = ("total", "q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "num_kv_heads")
 MLP_FIELDS = ("total", "gate_proj", "up_proj", "down_proj", "intermediate_size")
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(Record):
     original: int | None
     pruned: int | None
 
@@ -28,8 +27,7 @@ class Change:
         return self.reduced / self.original if self.original else 0.0
 
 
-@dataclass(frozen=True)
-class LayerComparison:
+class LayerComparison(Record):
     layer_idx: int
     original_layer_idx: int | None
     total: Change
@@ -38,17 +36,16 @@ class LayerComparison:
     norm: Change
     shortcut: Change  # SliceGPT's rotations: where parameters went when the projections shrank
     is_zero_layer: bool | None
+    nonzero: dict[str, Change] | None = None  # "total", "attention", "mlp": when both were scanned
 
 
-@dataclass(frozen=True)
-class LayerMatching:
+class LayerMatching(Record):
     method: str  # "index" or "layer_idx"
     note: str
     removed_original_layers: tuple[int, ...] = ()  # base layers no pruned layer is paired with
 
 
-@dataclass(frozen=True)
-class Comparison:
+class Comparison(Record):
     original_name: str
     pruned_name: str
     total_params: Change
@@ -58,6 +55,7 @@ class Comparison:
     num_layers: Change
     layers: tuple[LayerComparison, ...]
     layer_matching: LayerMatching
+    nonzero_params: Change | None = None  # when both models' contents were scanned
 
 
 def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
@@ -72,6 +70,8 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
         num_layers=Change(base.num_layers, pruned.num_layers),
         layers=tuple(_compare_layer(original, layer) for original, layer in pairs),
         layer_matching=matching,
+        nonzero_params=Change(base.contents.nonzero_params, pruned.contents.nonzero_params)
+        if base.contents is not None and pruned.contents is not None else None,
     )
 
 
@@ -153,4 +153,13 @@ def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> La
         norm=Change(pick(original, "norm"), layer.norm),
         shortcut=Change(pick(original, "shortcut"), layer.shortcut),
         is_zero_layer=layer.is_zero_layer,
+        nonzero=_nonzero_changes(pick(original, "contents"), layer.contents),
     )
+
+
+def _nonzero_changes(original, pruned) -> dict[str, Change] | None:
+    if pruned is None or original is None:
+        return None
+    return {"total": Change(original.nonzero, pruned.nonzero),
+            "attention": Change(original.attention_nonzero, pruned.attention_nonzero),
+            "mlp": Change(original.mlp_nonzero, pruned.mlp_nonzero)}

@@ -12,7 +12,6 @@ base model, which is how removed layers are identified (full comparison would re
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 from .structure import ModelStructure
 from .tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
@@ -29,11 +28,10 @@ def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStruct
     by_name = {tensor.name: tensor for tensor in index.tensors}
     with _Files() as files:
         layers = tuple(
-            replace(layer,
-                    is_zero_layer=all(_is_all_zero(by_name[name], files) for name in layer.content_tensors),
+            layer.replace(is_zero_layer=all(_is_all_zero(by_name[name], files) for name in layer.content_tensors),
                     fingerprint=_fingerprint([by_name[name] for name in layer.content_tensors], files))
             for layer in structure.layers)
-    return replace(structure, layers=layers)
+    return structure.replace(layers=layers)
 
 
 def _fingerprint(tensors: list[TensorInfo], files: "_Files") -> str:

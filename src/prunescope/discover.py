@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from dataclasses import dataclass
+from .records import Record
 
 # Folders never searched for checkpoints: our own output, VCS and caches.
 IGNORED_DIRS = {"analysis", ".git", "__pycache__", ".cache", "node_modules"}
@@ -19,8 +19,7 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_DEPTH = 4
 
 
-@dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(Record):
     kind: str  # "huggingface", "torch" or "slicegpt"
     path: str  # the folder (huggingface) or the weight file (torch, slicegpt)
     weight_files: tuple[str, ...]  # weight files, or one shard index
@@ -28,8 +27,7 @@ class Checkpoint:
     slicing_config: str | None = None  # SliceGPT's <model>_<sparsity>.json
 
 
-@dataclass(frozen=True)
-class ModelEntry:
+class ModelEntry(Record):
     name: str
     path: str  # the entry under --models_dir (or given with --model), as given
     checkpoint: Checkpoint | None = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 from . import __version__
 from .compare import Comparison, compare
@@ -18,14 +17,14 @@ from .report import comparison_to_dict, structure_from_dict, structure_summary, 
 from .slicing import describe_slicing
 from .structure import ModelStructure, interpret
 from .tensors import CheckpointError, SecurityFinding
+from .records import Record
 
 STRUCTURE_FILE = "model_structure.json"
 COMPARISON_FILE = "model_comparison.json"
 SUMMARY_FILE = "structure_summary.txt"
 
 
-@dataclass(frozen=True)
-class ModelAnalysis:
+class ModelAnalysis(Record):
     """One model's structure plus what its files said about it."""
 
     structure: ModelStructure
@@ -36,8 +35,7 @@ class ModelAnalysis:
     source: dict  # fingerprint of the files read, to reuse the analysis while they are unchanged
 
 
-@dataclass(frozen=True)
-class ModelResult:
+class ModelResult(Record):
     """What happened to one entry of a batch."""
 
     entry: ModelEntry
@@ -85,7 +83,16 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
     return {"prunescope_version": __version__, "files": files}
 
 
-def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None) -> ModelAnalysis:
+class ScanOptions(Record):
+    """--sparsity: read every tensor's bytes (off by default: the header-only path reads almost nothing)."""
+
+    device: str = "cpu"  # "cpu" (numpy) or "cuda" (torch), as chosen by scan.choose_device
+    workers: int | None = None
+    progress: bool = False  # a progress bar in bytes, for people at a terminal
+
+
+def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
+                       scan: ScanOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
     source = fingerprint(checkpoint)
     index = read_tensor_index(checkpoint.weight_files)
@@ -95,10 +102,31 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
         slicing = load_config(checkpoint.slicing_config) or {}
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
     structure = measure_layers(structure, index)
+    if scan is not None:
+        structure = _scan_contents(structure, index, scan)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
 
 
-def analyse_path(path: str, base_config: dict | None = None) -> ModelAnalysis:
+def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> ModelStructure:
+    from .scan import apply_contents, scan_tensors
+
+    skipped = set(structure.buffers)
+    tensors = [t for t in index.tensors if t.alias_of is None and t.name not in skipped]
+    bar = None
+    if options.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors), unit="B", unit_scale=True,
+                   desc=f"scanning {structure.model_name}", leave=False)
+    try:
+        contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return apply_contents(structure, contents)
+
+
+def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions | None = None) -> ModelAnalysis:
     """A single model given by path (a folder or a checkpoint file), e.g. the base model or `inspect PATH`."""
     name = os.path.basename(os.path.normpath(path))
     entries = examine(path, name)
@@ -109,7 +137,7 @@ def analyse_path(path: str, base_config: dict | None = None) -> ModelAnalysis:
     if len(found) > 1:
         raise CheckpointError(path, f"holds {len(found)} checkpoints: " + ", ".join(e.name for e in found),
                               "give one of them")
-    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config)
+    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config, scan)
 
 
 # -- batch ------------------------------------------------------------------------------------
@@ -126,7 +154,8 @@ def analysis_dirs(entry: ModelEntry, output_dir: str) -> tuple[str, str]:
     return primary, fallback
 
 
-def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None, force: bool) -> ModelResult:
+def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None, force: bool,
+                  scan: ScanOptions | None = None) -> ModelResult:
     if entry.error:
         return ModelResult(entry, "error", entry.error)
     if entry.skip_reason:
@@ -136,9 +165,11 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
         analysis, reused = None, False
         if not force:
             analysis = _reuse(entry, primary) or _reuse(entry, fallback)
+            if analysis is not None and scan is not None and analysis.structure.contents is None:
+                analysis = None  # reused only if it already holds what --sparsity asks for
             reused = analysis is not None
         if analysis is None:
-            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None)
+            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan)
         comparison = compare(base.structure, analysis.structure) if base is not None else None
     except CheckpointError as error:
         return ModelResult(entry, "error", error.line())

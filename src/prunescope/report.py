@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from .compare import Change, Comparison
-from .structure import AttentionStructure, LayerStructure, MlpStructure, ModelStructure
+from .structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
+                        ModelStructure)
 
 # -- writing ------------------------------------------------------------------------------------
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so no reader sees half a file."""
+    """Write via a temporary file in the same folder and rename, so no reader sees half a file.
+    (Named by hand rather than with `tempfile`, whose import alone costs more than an analysis.)"""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(path)}")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        with open(temporary, "x", encoding="utf-8") as stream:
             stream.write(text)
         os.replace(temporary, path)
     except BaseException:
@@ -63,12 +64,20 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "notes": list(structure.notes),
         "projection_names": structure.projection_names,
         "slicing": structure.slicing,
+        **_model_contents_fields(structure.contents),
     }
 
 
+def _model_contents_fields(contents: ModelContents | None) -> dict:
+    if contents is None:
+        return {}
+    return {"nonzero_params": contents.nonzero_params, "sparsity": contents.sparsity,
+            "nm_sparsity": contents.nm_sparsity, "tensors": list(contents.tensors)}
+
+
 def _layer_to_dict(layer: LayerStructure) -> dict:
-    attention, mlp = layer.attention, layer.mlp
-    return {
+    attention, mlp, contents = layer.attention, layer.mlp, layer.contents
+    data = {
         "layer_idx": layer.layer_idx,
         "total": layer.total,
         "attention": {
@@ -88,19 +97,68 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         **({"widths": layer.widths} if layer.widths else {}),
         "fingerprint": layer.fingerprint,
     }
+    if contents is not None:
+        data["nonzero"] = contents.nonzero
+        data["sparsity"] = 1 - contents.nonzero / layer.total if layer.total else 0.0
+        data["nm_sparsity"] = contents.nm_sparsity
+        for part, projections, extra in (
+                ("attention", ATTENTION_NAMES, {"effective_heads": contents.effective_heads,
+                                                "effective_kv_heads": contents.effective_kv_heads}),
+                ("mlp", MLP_NAMES, {"effective_intermediate_size": contents.effective_intermediate_size})):
+            section = data[part]
+            section["nonzero"] = getattr(contents, f"{part}_nonzero")
+            for projection in projections:
+                if projection in contents.projection_nonzero:
+                    section[f"{projection}_nonzero"] = contents.projection_nonzero[projection]
+                for key, values in (("nm", contents.projection_nm), ("zero_rows", contents.projection_zero_rows),
+                                    ("zero_columns", contents.projection_zero_columns)):
+                    if projection in values:
+                        section[f"{projection}_{key}"] = values[projection]
+            section.update(extra)
+    return data
+
+
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+# Keys the content scan adds inside attention/mlp; stripped when rebuilding the plain structure.
+CONTENT_SUFFIXES = ("_nonzero", "_nm", "_zero_rows", "_zero_columns")
+CONTENT_KEYS = ("nonzero", "effective_heads", "effective_kv_heads", "effective_intermediate_size")
+
+
+def _layer_contents_from_dict(layer: dict) -> LayerContents | None:
+    if "nonzero" not in layer:
+        return None
+    attention, mlp = layer["attention"], layer["mlp"]
+    merged = {**attention, **mlp}
+    names = ATTENTION_NAMES + MLP_NAMES
+
+    def per(key):
+        return {name: merged[f"{name}_{key}"] for name in names if f"{name}_{key}" in merged}
+
+    return LayerContents(
+        nonzero=layer["nonzero"], attention_nonzero=attention["nonzero"], mlp_nonzero=mlp["nonzero"],
+        projection_nonzero=per("nonzero"), projection_nm=per("nm"), projection_zero_rows=per("zero_rows"),
+        projection_zero_columns=per("zero_columns"), nm_sparsity=layer["nm_sparsity"],
+        effective_heads=attention["effective_heads"], effective_kv_heads=attention["effective_kv_heads"],
+        effective_intermediate_size=mlp["effective_intermediate_size"])
+
+
+def _plain(section: dict) -> dict:
+    return {key: value for key, value in section.items()
+            if key not in CONTENT_KEYS and not key.endswith(CONTENT_SUFFIXES)}
 
 
 def structure_from_dict(data: dict) -> ModelStructure:
     """Inverse of structure_to_dict (for analyses reused from disk)."""
     layers = []
     for layer in data["layers"]:
-        attention = {key: value for key, value in layer["attention"].items()}
-        mlp = {key: value for key, value in layer["mlp"].items()}
+        attention = _plain(layer["attention"])
+        mlp = _plain(layer["mlp"])
         layers.append(LayerStructure(
             layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
             mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
             other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
-            fingerprint=layer["fingerprint"]))
+            fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer)))
     return ModelStructure(
         model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
         embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
@@ -110,7 +168,9 @@ def structure_from_dict(data: dict) -> ModelStructure:
         dtypes=data["dtypes"], other_tensors=tuple(data["other_tensors"]), buffers=tuple(data["buffers"]),
         config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]),
         position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
-        slicing=data["slicing"])
+        slicing=data["slicing"],
+        contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
+        if "nonzero_params" in data else None)
 
 
 # -- model_comparison.json ------------------------------------------------------------------------
@@ -123,7 +183,7 @@ def _change(change: Change) -> dict:
 
 def comparison_to_dict(comparison: Comparison) -> dict:
     matching = comparison.layer_matching
-    return {
+    data = {
         "original_name": comparison.original_name,
         "pruned_name": comparison.pruned_name,
         "total_params": _change(comparison.total_params),
@@ -147,6 +207,14 @@ def comparison_to_dict(comparison: Comparison) -> dict:
         "layer_matching": {"method": matching.method, "note": matching.note,
                            "removed_original_layers": list(matching.removed_original_layers)},
     }
+    if comparison.nonzero_params is not None:
+        data["nonzero_params"] = _change(comparison.nonzero_params)
+        for layer, compared in zip(data["layers"], comparison.layers):
+            if compared.nonzero is not None:
+                layer["nonzero"] = _change(compared.nonzero["total"])
+                layer["attention"]["nonzero"] = _change(compared.nonzero["attention"])
+                layer["mlp"]["nonzero"] = _change(compared.nonzero["mlp"])
+    return data
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -234,6 +302,22 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
         f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
     ]
+    if structure.contents is not None:
+        contents = structure.contents
+        lines.append(f"Nonzero parameters:   {contents.nonzero_params:,} (sparsity {contents.sparsity * 100:.2f}%"
+                     + (f", {contents.nm_sparsity} everywhere)" if contents.nm_sparsity else ")"))
+        effective = [(layer.layer_idx, layer.contents) for layer in layers if layer.contents is not None]
+        zeroed_heads = [f"{idx}: {c.effective_heads}/{layer.attention.num_heads}" for (idx, c), layer
+                        in zip(effective, layers) if c.effective_heads is not None
+                        and layer.attention.num_heads is not None and c.effective_heads < layer.attention.num_heads]
+        if zeroed_heads:
+            lines.append(f"Heads zeroed in place (layer: effective/heads): {', '.join(zeroed_heads)}")
+        zeroed_channels = [f"{idx}: {c.effective_intermediate_size}/{layer.mlp.intermediate_size}"
+                           for (idx, c), layer in zip(effective, layers)
+                           if c.effective_intermediate_size is not None and layer.mlp.intermediate_size
+                           and c.effective_intermediate_size < layer.mlp.intermediate_size]
+        if zeroed_channels:
+            lines.append(f"MLP channels zeroed in place (layer: effective/intermediate): {', '.join(zeroed_channels)}")
     zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
     if zero:
         lines.append(f"All-zero layers:      {zero}")
@@ -251,6 +335,9 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
             f"  layer count: {comparison.num_layers.original} -> {comparison.num_layers.pruned}"
             f"  (matched by {comparison.layer_matching.method}: {comparison.layer_matching.note})",
         ]
+        if comparison.nonzero_params is not None:
+            nonzero = comparison.nonzero_params
+            lines.append(f"  nonzero: {nonzero.original:,} -> {nonzero.pruned:,}  ({reduction(nonzero.reduction_ratio)})")
         if comparison.layer_matching.removed_original_layers:
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
     if structure.config_mismatches:

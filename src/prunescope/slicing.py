@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import replace
 
 from .structure import ModelStructure
 from .tensors import TensorIndex
@@ -73,7 +72,7 @@ def describe_slicing(structure: ModelStructure, index: TensorIndex, slicing: dic
     # The config.json SliceGPT copies beside its output describes the unsliced model: its hidden size
     # differing from the sliced width is expected, not stale.
     config_mismatches = tuple(m for m in structure.config_mismatches if m["field"] != "hidden_size")
-    return replace(structure, slicing=description, notes=tuple(notes), config_mismatches=config_mismatches)
+    return structure.replace(slicing=description, notes=tuple(notes), config_mismatches=config_mismatches)
 
 
 def _model_widths(index: TensorIndex) -> dict:

@@ -7,9 +7,9 @@ on their own) and to report where they disagree with the shapes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from .tensors import CheckpointError, TensorIndex, TensorInfo
+from .records import Record
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt", "phi", "phi3")
 CLASS_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma",
@@ -33,8 +33,7 @@ SHORTCUTS = ("attn_shortcut_Q", "mlp_shortcut_Q")  # SliceGPT's residual rotatio
 BUFFER_NAME = re.compile(r"(?:^|\.)(?:inv_freq|masked_bias|position_ids|_float_tensor)$")
 
 
-@dataclass(frozen=True)
-class AttentionStructure:
+class AttentionStructure(Record):
     type: str
     total: int
     q_proj: int
@@ -47,8 +46,7 @@ class AttentionStructure:
     other: int = 0
 
 
-@dataclass(frozen=True)
-class MlpStructure:
+class MlpStructure(Record):
     type: str
     total: int
     gate_proj: int | None  # None for MLPs without a gate (OPT, Phi-2: fc1/fc2)
@@ -58,8 +56,30 @@ class MlpStructure:
     other: int = 0
 
 
-@dataclass(frozen=True)
-class LayerStructure:
+class LayerContents(Record):
+    """What a layer's bytes hold (with --sparsity). Projections by their schema names."""
+
+    nonzero: int
+    attention_nonzero: int
+    mlp_nonzero: int
+    projection_nonzero: dict  # "q_proj" -> nonzero values (weight and bias)
+    projection_nm: dict  # "q_proj" -> {"2:4": share of complying groups, "4:8": ...}
+    projection_zero_rows: dict  # "q_proj" -> output rows that are all zero
+    projection_zero_columns: dict  # "q_proj" -> input columns that are all zero
+    nm_sparsity: str | None  # "2:4" when every linear weight of the layer complies, else "4:8", else None
+    effective_heads: int | None  # heads whose q rows or o columns are not all zero
+    effective_kv_heads: int | None
+    effective_intermediate_size: int | None  # MLP channels not zeroed in gate, up and down alike
+
+
+class ModelContents(Record):
+    nonzero_params: int
+    sparsity: float  # 1 - nonzero / total
+    nm_sparsity: str | None
+    tensors: tuple[dict, ...]  # {"name", "numel", "nonzero"} per parameter tensor
+
+
+class LayerStructure(Record):
     layer_idx: int
     total: int
     attention: AttentionStructure
@@ -70,14 +90,14 @@ class LayerStructure:
     shortcut: int = 0  # SliceGPT's attn_shortcut_Q + mlp_shortcut_Q
     # Widths the layer reads and writes (SliceGPT slices them): attention_input, attention_output,
     # mlp_input, mlp_output; empty when the layer has no shortcut matrices.
-    widths: dict = field(default_factory=dict, compare=False)
+    widths: dict = {}
     fingerprint: str | None = None  # hash of sampled contents: equal for a layer kept verbatim
+    contents: LayerContents | None = None  # with --sparsity
     # Names of the attention and MLP parameters, for the content stage; not part of the report.
-    content_tensors: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    content_tensors: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ModelStructure:
+class ModelStructure(Record):
     model_name: str
     family: str
     total_params: int
@@ -98,8 +118,9 @@ class ModelStructure:
     notes: tuple[str, ...] = ()
     position_embedding_params: int = 0  # learned position embeddings (OPT)
     # Schema name -> the family's own name, where they differ (e.g. o_proj -> out_proj).
-    projection_names: dict = field(default_factory=dict)
+    projection_names: dict = {}
     slicing: dict | None = None  # SliceGPT: the slicing configuration and how it matches the shapes
+    contents: ModelContents | None = None  # with --sparsity
 
     @property
     def num_layers(self) -> int:
@@ -433,8 +454,6 @@ def _with_mismatches(structure: ModelStructure, config: dict) -> ModelStructure:
     """Where the config's numbers disagree with the shapes, say so (pruning tools leave configs stale)."""
     if not config:
         return structure
-    from dataclasses import replace
-
     layers = structure.layers
     mismatches = []
 
@@ -460,4 +479,4 @@ def _with_mismatches(structure: ModelStructure, config: dict) -> ModelStructure:
         configured = config.get(field_name)
         if isinstance(configured, int) and actual is not None and configured != actual:
             mismatches.append({"field": field_name, "config": configured, "actual": actual, "layers": []})
-    return replace(structure, config_mismatches=tuple(mismatches)) if mismatches else structure
+    return structure.replace(config_mismatches=tuple(mismatches)) if mismatches else structure

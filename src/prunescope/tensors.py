@@ -5,7 +5,8 @@ Nothing here knows about model architectures; nothing here reads tensor data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .records import Record
+
 
 # Element sizes in bytes, keyed by the safetensors dtype codes, which every reader maps onto.
 DTYPE_SIZES = {
@@ -33,8 +34,7 @@ class CheckpointError(Exception):
         return f"{text} ({self.hint})" if self.hint else text
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(Record):
     """One named tensor: where its bytes are and what they mean."""
 
     name: str
@@ -86,8 +86,7 @@ class TensorInfo:
         return ranges
 
 
-@dataclass(frozen=True)
-class SecurityFinding:
+class SecurityFinding(Record):
     """Something a pickle asked to import or call that no checkpoint needs. It was never called."""
 
     file: str
@@ -98,15 +97,14 @@ class SecurityFinding:
         return f"{self.file}: pickle references {self.what} ({self.detail}); it was not run"
 
 
-@dataclass(frozen=True)
-class TensorIndex:
+class TensorIndex(Record):
     """Every tensor of one checkpoint plus what its files say about the modules holding them."""
 
     format: str  # "safetensors", "torch-zip", "torch-legacy"
     files: tuple[str, ...]
     tensors: tuple[TensorInfo, ...]
     # Dotted module path -> "python.module.ClassName", for whole pickled modules only.
-    module_classes: dict[str, str] = field(default_factory=dict)
+    module_classes: dict[str, str] = {}
     # The `config` attribute of a pickled model, as plain data (Hugging Face models carry one).
     embedded_config: dict | None = None
     # What wrapped the model in the file, e.g. "model" for torch.save({'model': m, ...}).

@@ -95,8 +95,9 @@ def _read_legacy(path: str) -> TensorIndex:
         except CheckpointError:
             raise
         except Exception as error:
-            raise CheckpointError(path, f"corrupt or truncated legacy torch file: {type(error).__name__}: {error}",
-                                  "re-save or re-download it") from None
+            found = _findings_text(unpickler) if "unpickler" in locals() else ""
+            raise CheckpointError(path, f"corrupt or truncated legacy torch file: {type(error).__name__}: {error}"
+                                  f"{found}", "re-save or re-download it") from None
         locations = {}
         position = handle.tell()
         for key in keys if isinstance(keys, list) else []:
@@ -123,8 +124,16 @@ def _unpickle(data: bytes, path: str, legacy: bool):
     try:
         root = unpickler.load()
     except Exception as error:  # a corrupt pickle can fail in many ways; none of them runs code
-        raise CheckpointError(path, f"unreadable pickle: {type(error).__name__}: {error}", "the file is corrupt") from None
+        raise CheckpointError(path, f"unreadable pickle: {type(error).__name__}: {error}{_findings_text(unpickler)}",
+                              "the file is corrupt or hostile") from None
     return unpickler, root
+
+
+def _findings_text(unpickler: RestrictedUnpickler) -> str:
+    """Findings gathered before a pickle failed still reach the user."""
+    if not unpickler.findings:
+        return ""
+    return "; SECURITY: it references " + ", ".join(what for what, _ in unpickler.findings) + " (nothing was run)"
 
 
 # -- from the unpickled object to named tensors ------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import dataclass
+from ..records import Record
 
 # torch storage classes and dtype objects, as they appear in pickles -> safetensors dtype codes.
 STORAGE_DTYPES = {
@@ -46,8 +46,7 @@ SAFE_BUILTINS = {
 }
 
 
-@dataclass(frozen=True)
-class StorageRef:
+class StorageRef(Record):
     """A storage the pickle points to: its bytes live elsewhere in the file, found by `key`."""
 
     key: str
@@ -56,8 +55,7 @@ class StorageRef:
     view: tuple | None = None  # legacy format: (view_key, offset, size) when this is a view
 
 
-@dataclass
-class TensorRef:
+class TensorRef(Record):
     """A tensor as the pickle describes it; no data is loaded."""
 
     storage: StorageRef
@@ -89,6 +87,13 @@ class StandIn:
 
     def __setstate__(self, state):
         self.__dict__["_ps_state"] = state
+
+    def __call__(self, *args, **kwargs):
+        # A stand-in *instance* called: only exploit chains do that (getattr(...)(...)). Record, return inert.
+        report = type(self)._ps_report
+        if report is not None:
+            report(f"call of the result of {type(self).qualified_name()}", f"with {_short(args)}")
+        return StandIn.__new__(StandIn)
 
     def __setitem__(self, key, value):
         self.__dict__.setdefault("_ps_items", {})[key] = value

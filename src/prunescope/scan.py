@@ -1,0 +1,345 @@
+"""Stage 4 with --sparsity: read every tensor's bytes and count what pruning left in them.
+
+Per tensor: nonzero values (a float is zero when its bits without the sign are zero, so -0.0 is
+zero, in every float dtype), N:M compliance (2:4 and 4:8: at least N zeros in every group of M
+consecutive input weights of a row), and for matrices which output rows and input columns are
+entirely zero. Bytes are streamed through short-lived memory maps, a bounded chunk at a time, on all
+cores (numpy releases the GIL); memory stays within chunk size x workers whatever the model's size.
+With --device cuda the same counts run on the GPU (torch), reading overlapped with counting.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from .tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
+from .records import Record
+
+CHUNK_BYTES = 4 << 20  # small enough to stay in cache while a chunk's several passes run
+UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
+PATTERNS = ((2, 4), (4, 8))  # N:M patterns checked: at least N zeros in every M consecutive inputs
+
+
+class TensorContents(Record):
+    """What one tensor's bytes hold."""
+
+    name: str
+    numel: int
+    nonzero: int
+    # "2:4" -> (groups with at least 2 zeros, all groups); only for matrices whose rows split into groups.
+    nm_groups: dict
+    row_nonzero: object = None  # numpy array: nonzero count per output row (matrices only)
+    column_nonzero: object = None  # numpy bool array: any nonzero per input column (matrices only)
+
+    @property
+    def zero_rows(self) -> int | None:
+        return None if self.row_nonzero is None else int((self.row_nonzero == 0).sum())
+
+    @property
+    def zero_columns(self) -> int | None:
+        return None if self.column_nonzero is None else int((~self.column_nonzero).sum())
+
+
+def choose_device(requested: str) -> str:
+    """'cuda' when asked for or when `auto` finds torch with CUDA; else 'cpu' (numpy)."""
+    if requested == "cpu":
+        return "cpu"
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        if requested == "cuda":
+            raise CheckpointError("--device cuda", "torch is not installed", "pip install torch, or use --device cpu")
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise CheckpointError("--device cuda", "torch sees no CUDA device", "use --device cpu")
+    return "cpu"
+
+
+def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | None = None,
+                 progress=None) -> dict[str, TensorContents]:
+    """Contents of every tensor, keyed by name. `progress(bytes)` is called as bytes are counted."""
+    jobs = [job for tensor in tensors for job in _chunks(tensor)]
+    counters = {tensor.name: _Counter(tensor) for tensor in tensors}
+    if device == "cuda":
+        from .scan_torch import count_chunks_torch
+
+        for tensor, start_row, rows, result in count_chunks_torch(jobs, _chunk_layout):
+            counters[tensor.name].add(start_row, rows, result)
+            if progress:
+                progress(rows * _row_bytes(tensor))
+    else:
+        workers = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for tensor, start_row, rows, result in pool.map(_count_job, jobs):
+                counters[tensor.name].add(start_row, rows, result)
+                if progress:
+                    progress(rows * _row_bytes(tensor))
+    return {name: counter.freeze() for name, counter in counters.items()}
+
+
+# -- chunking --------------------------------------------------------------------------------
+
+
+def _rows_and_width(tensor: TensorInfo) -> tuple[int, int]:
+    """Treat every tensor as rows x width: matrices as they are, vectors as one row, more dims flattened."""
+    if len(tensor.shape) == 0:
+        return 1, 1
+    if len(tensor.shape) == 1:
+        return 1, tensor.shape[0]
+    width = tensor.shape[-1]
+    return (tensor.numel // width if width else 0), width
+
+
+def _row_bytes(tensor: TensorInfo) -> int:
+    return _rows_and_width(tensor)[1] * tensor.itemsize
+
+
+def _chunks(tensor: TensorInfo):
+    rows, width = _rows_and_width(tensor)
+    if rows == 0 or width == 0:
+        return []
+    if len(tensor.shape) == 1:
+        # A long vector: split it into pieces of whole groups, as rows of a matrix would be.
+        return [(tensor, 0, 1)]
+    step = max(1, CHUNK_BYTES // max(1, width * tensor.itemsize))
+    return [(tensor, start, min(step, rows - start)) for start in range(0, rows, step)]
+
+
+def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
+    """(file offset to map from, byte length, element offset inside the map, element strides)."""
+    _, width = _rows_and_width(tensor)
+    item = tensor.itemsize
+    if tensor.stride is None:
+        row_stride, column_stride = width, 1
+    else:
+        if len(tensor.stride) > 2 and any(size != 1 for size in tensor.shape[:-2]):
+            raise CheckpointError(tensor.file, f"{tensor.name}: strided tensors of more than 2 dimensions",
+                                  "not supported by the content scan")
+        row_stride = tensor.stride[-2] if len(tensor.stride) >= 2 else width
+        column_stride = tensor.stride[-1]
+    first = tensor.offset + start_row * row_stride * item
+    span = ((rows - 1) * row_stride + (width - 1) * column_stride + 1) * item
+    return first, span, (row_stride, column_stride)
+
+
+def _count_job(job):
+    tensor, start_row, rows = job
+    import numpy as np
+
+    first, span, (row_stride, column_stride) = _chunk_layout(tensor, start_row, rows)
+    aligned = first - first % mmap.ALLOCATIONGRANULARITY
+    try:
+        with open(tensor.file, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), first - aligned + span, access=mmap.ACCESS_READ, offset=aligned)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(tensor.file, f"cannot read {tensor.name}: {error}", "is the file truncated?") from None
+    try:
+        item = tensor.itemsize
+        _, width = _rows_and_width(tensor)
+        values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first - aligned,
+                            strides=(row_stride * item, column_stride * item))
+        result = count_block(values, tensor.dtype in FLOAT_DTYPES)
+        del values
+    finally:
+        mapped.close()  # unmapping keeps resident memory bounded by the chunks in flight
+    return tensor, start_row, rows, result
+
+
+def count_block(values, signed_float: bool):
+    """(nonzero, {pattern: compliant groups}, row nonzero counts, column any-nonzero) of a rows x width block."""
+    import numpy as np
+
+    if signed_float:
+        shifted = np.left_shift(values, 1)  # drops the sign bit: -0.0 becomes 0
+        nonzero_mask = np.not_equal(shifted, 0, out=np.empty(values.shape, dtype=bool))
+        del shifted
+    else:
+        nonzero_mask = np.not_equal(values, 0)
+    rows, width = values.shape
+    count = int(np.count_nonzero(nonzero_mask))
+    if count == 0 or count == nonzero_mask.size:
+        # Dense and empty blocks (the common cases) are decided without looking further.
+        dense = count != 0
+        groups = {f"{n}:{m}": (0 if dense else rows * (width // m)) for n, m in PATTERNS if width % m == 0}
+        row_counts = np.full(rows, width if dense else 0, dtype=np.int64)
+        columns = np.full(width, dense, dtype=bool)
+        return count, groups, row_counts, columns
+    groups = {}
+    row_counts = None
+    if width % 4 == 0:
+        # Nonzeros per group of 4 bools at once: a uint32 times 0x01010101 sums its bytes in the top byte.
+        per4 = nonzero_mask.view(np.uint32)
+        per4 = np.multiply(per4, np.uint32(0x01010101))
+        np.right_shift(per4, 24, out=per4)
+        groups["2:4"] = int(per4.size - np.count_nonzero(per4 > 2))
+        if width % 8 == 0:
+            per8 = per4[:, 0::2] + per4[:, 1::2]
+            groups["4:8"] = int(per8.size - np.count_nonzero(per8 > 4))
+        row_counts = per4.sum(axis=1, dtype=np.int64)
+    if row_counts is None:
+        row_counts = nonzero_mask.sum(axis=1, dtype=np.int64)
+    columns = np.logical_or.reduce(nonzero_mask, axis=0)
+    return count, groups, row_counts, columns
+
+
+class _Counter:
+    """Accumulates one tensor's chunk results (chunks arrive in any order)."""
+
+    def __init__(self, tensor: TensorInfo):
+        self.tensor = tensor
+        self.nonzero = 0
+        self.groups: dict[str, int] = {}
+        self.rows = self.columns = None
+
+    def add(self, start_row: int, rows: int, result) -> None:
+        import numpy as np
+
+        nonzero, groups, row_counts, columns = result
+        self.nonzero += nonzero
+        for pattern, compliant in groups.items():
+            self.groups[pattern] = self.groups.get(pattern, 0) + compliant
+        if len(self.tensor.shape) == 2:
+            total_rows, width = _rows_and_width(self.tensor)
+            if self.rows is None:
+                self.rows = np.zeros(total_rows, dtype=np.int64)
+                self.columns = np.zeros(width, dtype=bool)
+            self.rows[start_row:start_row + rows] = row_counts
+            self.columns |= columns
+
+    def freeze(self) -> TensorContents:
+        total_rows, width = _rows_and_width(self.tensor)
+        groups = {f"{n}:{m}": (self.groups[f"{n}:{m}"], total_rows * (width // m))
+                  for n, m in PATTERNS if f"{n}:{m}" in self.groups and len(self.tensor.shape) == 2}
+        return TensorContents(self.tensor.name, self.tensor.numel, self.nonzero, groups, self.rows, self.columns)
+
+
+# -- from tensor contents to the model's structure ---------------------------------------------
+
+
+def apply_contents(structure, contents: dict[str, TensorContents]):
+    """The structure with nonzero counts, N:M patterns and structured zeros per projection, layer and model."""
+    from .structure import LAYER_NAME, LayerContents, ModelContents, _role, ATTENTION_ROLES, MLP_ROLES
+
+    layers = []
+    compliant_model = {pattern: True for pattern in ("2:4", "4:8")}
+    for layer in structure.layers:
+        nonzero = {"attention": 0, "mlp": 0}
+        per_projection: dict[str, int] = {}
+        weights: dict[str, TensorContents] = {}
+        layer_names = [name for name in contents if _layer_of(name, LAYER_NAME) == layer.layer_idx]
+        for name in layer_names:
+            rest = LAYER_NAME.match(name)["rest"]
+            bucket, module = _role(rest)
+            part = "attention" if bucket in ("attention", "attention_other", "qk_norm") else \
+                "mlp" if bucket in ("mlp", "mlp_other") else None
+            if part:
+                nonzero[part] += contents[name].nonzero
+            if bucket in ("attention", "mlp"):
+                role = ATTENTION_ROLES.get(module) or MLP_ROLES[module]
+                per_projection[role] = per_projection.get(role, 0) + contents[name].nonzero
+                if rest.endswith(".weight") and contents[name].row_nonzero is not None:
+                    weights[role] = contents[name]
+        _split_fused_nonzero(layer, weights, per_projection)
+        nm = {pattern: bool(weights) and all(_complies(c, pattern) for c in weights.values())
+              for pattern in ("2:4", "4:8")}
+        for pattern in nm:
+            compliant_model[pattern] = compliant_model[pattern] and nm[pattern]
+        layer_contents = LayerContents(
+            nonzero=sum(contents[name].nonzero for name in layer_names),
+            attention_nonzero=nonzero["attention"],
+            mlp_nonzero=nonzero["mlp"],
+            projection_nonzero={role: per_projection.get(role) for role in _projection_roles(layer)},
+            projection_nm={role: {p: round(a / b, 6) for p, (a, b) in c.nm_groups.items() if b}
+                           for role, c in weights.items()},
+            projection_zero_rows={role: c.zero_rows for role, c in weights.items()},
+            projection_zero_columns={role: c.zero_columns for role, c in weights.items()},
+            nm_sparsity="2:4" if nm["2:4"] else "4:8" if nm["4:8"] else None,
+            **_effective_sizes(layer, weights, structure.head_dim),
+        )
+        layers.append(layer.replace(contents=layer_contents))
+    nonzero_params = sum(c.nonzero for c in contents.values())
+    model_contents = ModelContents(
+        nonzero_params=nonzero_params,
+        sparsity=1 - nonzero_params / structure.total_params if structure.total_params else 0.0,
+        nm_sparsity="2:4" if compliant_model["2:4"] else "4:8" if compliant_model["4:8"] else None,
+        tensors=tuple({"name": c.name, "numel": c.numel, "nonzero": c.nonzero} for c in contents.values()),
+    )
+    return structure.replace(layers=tuple(layers), contents=model_contents)
+
+
+def _layer_of(name: str, pattern) -> int | None:
+    match = pattern.match(name)
+    return int(match["index"]) if match else None
+
+
+def _projection_roles(layer):
+    roles = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    if layer.mlp.gate_proj is not None:
+        roles.insert(4, "gate_proj")
+    return roles
+
+
+def _complies(contents: TensorContents, pattern: str) -> bool:
+    compliant, total = contents.nm_groups.get(pattern, (0, -1))
+    return compliant == total
+
+
+def _split_fused_nonzero(layer, weights: dict, per_projection: dict) -> None:
+    """Phi-3's qkv_proj / gate_up_proj: nonzeros per part from the per-row counts (bias not split)."""
+    import numpy as np
+
+    head_dim_rows = None
+    if "qkv_proj" in weights and layer.attention.num_heads is not None and layer.attention.num_kv_heads is not None:
+        rows = weights.pop("qkv_proj").row_nonzero
+        per_projection.pop("qkv_proj", None)
+        heads, kv_heads = layer.attention.num_heads, layer.attention.num_kv_heads
+        head_dim_rows = len(rows) // (heads + 2 * kv_heads)
+        q, k = heads * head_dim_rows, kv_heads * head_dim_rows
+        for role, part in (("q_proj", rows[:q]), ("k_proj", rows[q:q + k]), ("v_proj", rows[q + k:])):
+            per_projection[role] = int(np.sum(part))
+            weights[role] = TensorContents(role, 0, int(np.sum(part)), {}, part, None)
+    if "gate_up_proj" in weights:
+        rows = weights.pop("gate_up_proj").row_nonzero
+        per_projection.pop("gate_up_proj", None)
+        half = len(rows) // 2
+        for role, part in (("gate_proj", rows[:half]), ("up_proj", rows[half:])):
+            per_projection[role] = int(np.sum(part))
+            weights[role] = TensorContents(role, 0, int(np.sum(part)), {}, part, None)
+
+
+def _effective_sizes(layer, weights: dict, head_dim: int | None) -> dict:
+    """Heads and MLP channels left once those zeroed in place (soft structured pruning) are discounted."""
+    def blocks_alive(mask, size):
+        if mask is None or size is None or size <= 0 or len(mask) % size:
+            return None
+        return mask.reshape(-1, size).any(axis=1)
+
+    def rows_alive(role):
+        contents = weights.get(role)
+        return None if contents is None else contents.row_nonzero > 0
+
+    def columns_alive(role):
+        contents = weights.get(role)
+        return None if contents is None else contents.column_nonzero
+
+    def either(*masks):
+        known = [mask for mask in masks if mask is not None]
+        if not known or any(len(mask) != len(known[0]) for mask in known):
+            return None
+        alive = known[0].copy()
+        for mask in known[1:]:
+            alive |= mask
+        return alive
+
+    heads = either(blocks_alive(rows_alive("q_proj"), head_dim), blocks_alive(columns_alive("o_proj"), head_dim))
+    kv_heads = either(blocks_alive(rows_alive("k_proj"), head_dim), blocks_alive(rows_alive("v_proj"), head_dim))
+    channels = either(rows_alive("gate_proj"), rows_alive("up_proj"), columns_alive("down_proj"))
+    return {"effective_heads": None if heads is None else int(heads.sum()),
+            "effective_kv_heads": None if kv_heads is None else int(kv_heads.sum()),
+            "effective_intermediate_size": None if channels is None else int(channels.sum())}
