@@ -5,6 +5,7 @@ We build a Llama-3-8B-shaped Hugging Face checkpoint (real safetensors headers, 
 but the data is a sparse file hole, so ~16 GB "on disk" costs a few MB), then time, each in its own
 subprocess:
 
+     python    - `python -c pass`, for reference: the interpreter's own start-up
   a. bare      - a minimal python script that only parses the 4 safetensors headers (the floor)
   b. one       - python -m prunescope analyze --force on a folder holding one model
   c. batch     - the same on a folder holding N models (default 50)
@@ -14,10 +15,11 @@ For each we report whole-process CPU time (user+sys) and peak RSS of that child,
 and check the targets: one <= 2x bare CPU, batch <= 1.0 s CPU, peak RSS < 100 MB.
 
 Usage:
-    python benchmarks/bench_analyze.py [--models 50] [--repeat 5] [--keep] [--strict]
+    python benchmarks/bench_analyze.py [--models 50] [--repeat 10] [--keep] [--strict]
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -26,10 +28,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-
-# Note: this script deliberately imports nothing heavy (no torch, no transformers, no prunescope).
-# On Linux a child's ru_maxrss starts from the parent's RSS at fork/exec time, so a fat parent would
-# inflate every child's "peak RSS". Everything heavy runs in the measured children only.
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -163,6 +161,26 @@ def make_model(folder, shard_dir, shard_names, index):
 # -----------------------------------------------------------------------------
 # the measured children
 
+RUNNER_SCRIPT = '''
+import os, sys  # nothing else: this process's own RSS is the floor of what it measures
+# Spawns the measured command and reads its own rusage with os.wait4. This small process is the
+# parent on purpose: on Linux a child's ru_maxrss never reads below its parent's RSS at spawn time
+# (the address space it starts from), so spawning from the benchmark itself (bigger: argparse,
+# subprocess, tempfile...) would inflate the small children. Here the floor is a bare interpreter's.
+# Prints one line "cpu_seconds peak_mb" per counted run.
+log, repeat, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+for k in range(repeat + 1):  # run 0 warms the page cache and .pyc files and is not counted
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pid = os.posix_spawn(cmd[0], cmd, os.environ,
+                         file_actions=[(os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)])
+    os.close(fd)
+    _, status, ru = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"exit status {os.waitstatus_to_exitcode(status)}")
+    if k:
+        print(ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)  # ru_maxrss is in KB on Linux
+'''
+
 BARE_SCRIPT = '''
 import json, os, sys
 # the floor: open each shard, read its 8-byte length and JSON header, count parameters
@@ -195,32 +213,19 @@ print(json.dumps({"total_params": total, "num_parameters": model.num_parameters(
 '''
 
 
-def run_child(cmd, log_path):
-    """Run one child; return (cpu seconds user+sys, peak RSS MB, stdout). os.wait4 gives this child's own rusage."""
-    with open(log_path, "w") as log:
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)  # tell Popen we reaped it
-    with open(log_path) as f:
+def measure(label, cmd, repeat, root, env=None):
+    """Median CPU seconds (user+sys) and peak RSS (MB) of `cmd` over `repeat` runs, plus its last output."""
+    runner, log = os.path.join(root, "scripts", "runner.py"), os.path.join(root, "child.log")
+    result = subprocess.run([sys.executable, runner, log, str(repeat)] + cmd, capture_output=True, text=True, env=env)
+    with open(log) as f:
         out = f.read()
-    if p.returncode != 0:
-        sys.exit(f"child failed (exit {p.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, out  # ru_maxrss is in KB on Linux
-
-
-def measure(label, cmd, repeat, log_path):
-    run_child(cmd, log_path)  # warm-up, not counted: page cache, .pyc files
-    runs = [run_child(cmd, log_path) for _ in range(repeat)]
+    if result.returncode != 0:
+        sys.exit(f"measurement failed: {' '.join(cmd)}\n{result.stderr}{out[-3000:]}")
+    runs = [[float(x) for x in line.split()] for line in result.stdout.splitlines()]
     cpu = statistics.median(r[0] for r in runs)
     rss = statistics.median(r[1] for r in runs)
     print(f"  {label:<10} cpu {cpu:8.3f} s   peak {rss:7.1f} MB   (runs: {', '.join(f'{r[0]:.3f}' for r in runs)})")
-    return {"cpu": cpu, "rss": rss, "out": runs[-1][2]}
-
-
-def have_transformers():
-    """Checked in a child, so the parent never imports torch (see the note at the top)."""
-    code = "import accelerate, transformers"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    return {"cpu": cpu, "rss": rss, "out": out}
 
 
 def last_json_line(text):
@@ -232,7 +237,7 @@ def last_json_line(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=50, help="models in the batch (default 50)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement, median kept (default 5)")
+    parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement, median kept (default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints and outputs")
     parser.add_argument("--strict", action="store_true", help="exit nonzero if a target is missed")
     args = parser.parse_args()
@@ -247,6 +252,8 @@ def main():
             print(f"\nkept: {root}")
         else:
             shutil.rmtree(root)
+            if not os.listdir(os.path.join(HERE, "_data")):
+                os.rmdir(os.path.join(HERE, "_data"))
     if args.strict and failed:
         sys.exit(1)
 
@@ -266,57 +273,74 @@ def run(args, root):
     print(f"checkpoint: Llama-3-8B shape, {expected:,} parameters, {len(sizes)} shards "
           f"({', '.join(f'{s / 1e9:.2f}' for s in sizes)} GB; {on_disk / 2**20:.1f} MB actually on disk)")
     print(f"batch: {args.models} model folders, shards hardlinked; {args.repeat} timed runs each (median)")
+    print(f"prunescope measured: {os.path.dirname(importlib.util.find_spec('prunescope').origin)}")
     print()
 
-    # measure
+    # measure: the helper scripts are written next to the data, each child run through runner.py
     scripts = os.path.join(root, "scripts")
     os.makedirs(scripts)
-    bare_py, tf_py = os.path.join(scripts, "bare.py"), os.path.join(scripts, "tf_meta.py")
-    with open(bare_py, "w") as f:
-        f.write(BARE_SCRIPT)
-    with open(tf_py, "w") as f:
-        f.write(TF_META_SCRIPT)
-    log = os.path.join(root, "child.log")
-    prunescope = [sys.executable, "-m", "prunescope", "analyze", "--force"]
+    for name, text in [("runner.py", RUNNER_SCRIPT), ("bare.py", BARE_SCRIPT), ("tf_meta.py", TF_META_SCRIPT)]:
+        with open(os.path.join(scripts, name), "w") as f:
+            f.write(text)
+    py = sys.executable
+    # The `prunescope` console script, as users run it (`python -m` would add runpy's own imports);
+    # --force: re-analyse on every run.
+    script = os.path.join(os.path.dirname(py), "prunescope")
+    entry = [py, script] if os.path.isfile(script) else [py, "-m", "prunescope"]
+    prunescope = entry + ["analyze", "--force"]
+    # Measure the steady state of an installed tool: bytecode cached. An editable install has no .pyc
+    # until a first run writes them, and PYTHONDONTWRITEBYTECODE (set in some sandboxes and CI) would
+    # make every run recompile prunescope from source. So these children get a .pyc cache of their
+    # own under the temp dir (filled by the uncounted warm-up run) and nothing is written into src/.
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=os.path.join(root, "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # fill that cache for the runner itself once: compiling raises its RSS, which would become the
+    # floor of its children's ru_maxrss (see runner.py)
+    subprocess.run([py, os.path.join(scripts, "runner.py"), os.path.join(root, "child.log"), "0", py, "-c", "pass"],
+                   env=env, check=True, capture_output=True)
 
     m = {}
-    m["bare"] = measure("bare", [sys.executable, bare_py, one_model], args.repeat, log)
+    m["python"] = measure("python", [py, "-c", "pass"], args.repeat, root, env)  # reference: interpreter start-up
+    m["bare"] = measure("bare", [py, os.path.join(scripts, "bare.py"), one_model], args.repeat, root, env)
     m["one"] = measure("one", prunescope + ["--models_dir", one_dir, "--output_dir", os.path.join(root, "out_one")],
-                       args.repeat, log)
+                       args.repeat, root, env)
     m["batch"] = measure(f"batch-{args.models}", prunescope + ["--models_dir", batch_dir,
-                         "--output_dir", os.path.join(root, "out_batch")], args.repeat, log)
-    if have_transformers():
-        # slow (imports torch): fewer runs are enough for a number that only sets the scale
-        m["tf"] = measure("tf-meta", [sys.executable, tf_py, one_model], min(args.repeat, 3), log)
+                         "--output_dir", os.path.join(root, "out_batch")], args.repeat, root, env)
+    # find_spec, not import: importing torch here would cost seconds for a yes/no answer
+    if importlib.util.find_spec("transformers") and importlib.util.find_spec("accelerate"):
+        # slow (imports torch): fewer runs are enough for a number that only sets the scale. Default
+        # environment: pip already compiled torch/transformers' .pyc (a fresh cache would cost ~15 s)
+        m["tf"] = measure("tf-meta", [py, os.path.join(scripts, "tf_meta.py"), one_model], min(args.repeat, 3), root)
     else:
         print("  tf-meta    skipped: transformers/accelerate not importable")
 
     # correctness in passing: every count must equal the one computed from the shapes we wrote
     print()
-    checks = []
     with open(os.path.join(one_model, "analysis", "model_structure.json")) as f:
         structure = json.load(f)
-    checks.append(("bare script total_params", last_json_line(m["bare"]["out"])["total_params"] == expected))
-    checks.append(("prunescope total_params (one)", structure["total_params"] == expected))
-    checks.append(("prunescope finds 32 layers, none all-zero",
-                   len(structure["layers"]) == 32 and not any(l["is_zero_layer"] for l in structure["layers"])))
     with open(os.path.join(root, "out_batch", "batch_analysis_results.json")) as f:
         batch = json.load(f)
-    checks.append((f"prunescope batch: {args.models} analysed, all total_params right",
-                   len(batch["models"]) == args.models and all(
-                       r["status"] == "analysed" and not r["reused"] and r["total_params"] == expected
-                       for r in batch["models"])))
+    checks = [
+        (f"bare script total_params == {expected:,}", last_json_line(m["bare"]["out"])["total_params"] == expected),
+        (f"prunescope model_structure.json total_params == {expected:,}", structure["total_params"] == expected),
+        ("prunescope: 32 layers, none flagged all-zero",
+         len(structure["layers"]) == 32 and not any(layer["is_zero_layer"] for layer in structure["layers"])),
+        (f"prunescope batch: {args.models} models analysed (not reused), each total_params == {expected:,}",
+         len(batch["models"]) == args.models and all(
+             r["status"] == "analysed" and not r["reused"] and r["total_params"] == expected for r in batch["models"])),
+    ]
     if "tf" in m:
         tf = last_json_line(m["tf"]["out"])
-        checks.append(("transformers meta sum(numel) and num_parameters()",
+        checks.append((f"transformers meta sum(numel) == num_parameters() == {expected:,}",
                        tf["total_params"] == expected and tf["num_parameters"] == expected))
     for what, ok in checks:
-        print(f"  {'ok  ' if ok else 'BAD '} {what} == {expected:,}")
+        print(f"  {'ok ' if ok else 'BAD'}  {what}")
 
     # table
     print()
     rows = [("measurement", "CPU s", "peak MB")]
-    names = {"bare": "a. bare header script", "one": "b. prunescope, 1 model",
+    names = {"python": "   python -c pass (reference)", "bare": "a. bare header script",
+             "one": "b. prunescope, 1 model",
              "batch": f"c. prunescope, {args.models} models", "tf": "d. transformers meta, 1 model"}
     for key, r in m.items():
         rows.append((names[key], f"{r['cpu']:.3f}", f"{r['rss']:.1f}"))
@@ -344,7 +368,6 @@ def run(args, root):
     ]
     for what, ok, detail in targets:
         print(f"  {'PASS' if ok else 'FAIL'}  {what:<34} ({detail})")
-    print("  (a child's ru_maxrss never reads below the parent's RSS at spawn; this script stays small for that)")
     return not all(ok for _, ok, _ in targets) or not all(ok for _, ok in checks)
 
 

@@ -5,28 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+import time
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that command's arguments are set up (start-up time counts)."""
     parser = argparse.ArgumentParser(
         prog="prunescope",
         description="Exact structure analysis of pruned LLM checkpoints, read from the files: no GPU, "
                     "no model loading, no checkpoint code run.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    analyze = commands.add_parser("analyze", help="analyse every model under a folder (batch)")
-    add_analyze_arguments(analyze)
-
-    inspect = commands.add_parser("inspect", help="analyse one model and print its per-layer table")
-    inspect.add_argument("path", help="a model folder or a checkpoint file")
-    inspect.add_argument("--base_model", "--base-model", dest="base_model", help="base model to compare with")
-    inspect.add_argument("--json", action="store_true", help="print model_structure.json to stdout instead")
-    add_scan_arguments(inspect)
-
-    demo = commands.add_parser("demo", help="write the bundled demo models and analyse them")
-    demo.add_argument("directory", nargs="?", default="prunescope_demo", help="where to write (default: %(default)s)")
+    for name, (text, add_arguments) in COMMANDS.items():
+        subparser = commands.add_parser(name, help=text)
+        if command in (None, name):
+            add_arguments(subparser)
     return parser
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a model folder or a checkpoint file")
+    parser.add_argument("--base_model", "--base-model", dest="base_model", help="base model to compare with")
+    parser.add_argument("--json", action="store_true", help="print model_structure.json to stdout instead")
+    add_scan_arguments(parser)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", nargs="?", default="prunescope_demo", help="where to write (default: %(default)s)")
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +56,19 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                              "analysis itself needs no device")
 
 
+COMMANDS = {
+    "analyze": ("analyse every model under a folder (batch)", add_analyze_arguments),
+    "inspect": ("analyse one model and print its per-layer table", add_inspect_arguments),
+    "demo": ("write the bundled demo models and analyse them", add_demo_arguments),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _utf8_console()
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "analyze")  # the original's invocation: flags only, no command
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     if args.command == "analyze":
         from .batch import run_batch
 
@@ -115,4 +126,5 @@ def _utf8_console() -> None:
 
 
 def timestamp() -> str:
-    return datetime.now().isoformat(timespec="seconds")
+    """Local time like datetime's isoformat(timespec="seconds"), without importing datetime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -20,48 +20,61 @@ FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
 
 
-SAMPLE = 4096  # bytes hashed at each of three places per tensor
-
-
 def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStructure:
     """The structure with `is_zero_layer` and `fingerprint` filled in for every layer."""
     by_name = {tensor.name: tensor for tensor in index.tensors}
+    layers = []
     with _Files() as files:
-        layers = tuple(
-            layer.replace(is_zero_layer=all(_is_all_zero(by_name[name], files) for name in layer.content_tensors),
-                    fingerprint=_fingerprint([by_name[name] for name in layer.content_tensors], files))
-            for layer in structure.layers)
-    return structure.replace(layers=layers)
+        for layer in structure.layers:
+            tensors = sorted((by_name[name] for name in layer.content_tensors), key=_local_name)
+            first_pages = [_first_page(tensor, files) for tensor in tensors]
+            layers.append(layer.replace(
+                is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
+                fingerprint=_fingerprint(tensors, first_pages)))
+    return structure.replace(layers=tuple(layers))
 
 
-def _fingerprint(tensors: list[TensorInfo], files: "_Files") -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    # Names relative to the layer, so that renumbered layers still match.
-    def local_name(tensor):  # e.g. "q_proj.weight": unique within a layer, whatever the layer's number
-        return ".".join(tensor.name.split(".")[-2:])
-
-    for tensor in sorted(tensors, key=local_name):
-        digest.update(f"{local_name(tensor)}|{tensor.dtype}|{tensor.shape}".encode())
-        ranges = tensor.byte_ranges()
-        if not ranges:
-            continue
-        first, last = ranges[0], ranges[-1]
-        middle = ranges[len(ranges) // 2]
-        for start, length in ((first[0], first[1]), (middle[0] + middle[1] // 2, middle[1] - middle[1] // 2),
-                              (last[0] + max(0, last[1] - SAMPLE), min(last[1], SAMPLE))):
-            digest.update(files.read(tensor.file, start, min(length, SAMPLE)))
-    return digest.hexdigest()
+def _local_name(tensor: TensorInfo) -> str:
+    """e.g. "self_attn.q_proj.weight" -> "q_proj.weight": the same whatever the layer's number."""
+    return ".".join(tensor.name.split(".")[-2:])
 
 
-def _is_all_zero(tensor: TensorInfo, files: "_Files") -> bool:
+def _fingerprint(tensors: list[TensorInfo], first_pages: list[bytes]) -> str:
+    """CRC-32 of each tensor's name in the layer, dtype, shape and first page (already read for the
+    zero test): a layer kept verbatim matches; retrained, merged or converted layers do not."""
+    import zlib
+
+    checksum = 0
+    for tensor, page in zip(tensors, first_pages):
+        checksum = zlib.crc32(f"{_local_name(tensor)}|{tensor.dtype}|{tensor.shape}".encode(), checksum)
+        checksum = zlib.crc32(page, checksum)
+    return f"{checksum:08x}"
+
+
+def _first_page(tensor: TensorInfo, files: "_Files") -> bytes:
+    ranges = tensor.byte_ranges()
+    if not ranges:
+        return b""
+    start, length = ranges[0]
+    size = min(length, FIRST_READ - FIRST_READ % tensor.itemsize)
+    page = files.read(tensor.file, start, size)
+    if len(page) != size:
+        raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
+                              "re-save or re-download it")
+    return page
+
+
+def _is_all_zero(tensor: TensorInfo, files: "_Files", first_page: bytes) -> bool:
     signed_float = tensor.dtype in FLOAT_DTYPES
     itemsize = tensor.itemsize
-    for start, length in tensor.byte_ranges():
-        position, end, step = start, start + length, FIRST_READ
+    if not _chunk_is_zero(first_page, itemsize, signed_float):
+        return False  # decided by the page already read: the common case
+    for number, (start, length) in enumerate(tensor.byte_ranges()):
+        position, end = start, start + length
+        if number == 0:
+            position += len(first_page)
         while position < end:
-            size = min(step - step % itemsize, end - position)
+            size = min(CHUNK, end - position)
             data = files.read(tensor.file, position, size)
             if len(data) != size:
                 raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
@@ -69,7 +82,6 @@ def _is_all_zero(tensor: TensorInfo, files: "_Files") -> bool:
             if not _chunk_is_zero(data, itemsize, signed_float):
                 return False
             position += size
-            step = CHUNK
     return True
 
 

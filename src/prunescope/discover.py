@@ -170,7 +170,7 @@ def _is_slicing_config(path: str) -> bool:
 
 
 def _looks_like_results(folder: str, name: str) -> bool:
-    if name in NOT_CONFIGS or name == "config.json":
+    if name in NOT_CONFIGS or name == "config.json" or name.endswith(".index.json"):
         return False
     data = _json(os.path.join(folder, name), limit=50 * 1024 * 1024)
     return isinstance(data, dict) and ("results" in data or "acc" in data or "perplexity" in data)

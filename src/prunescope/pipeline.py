@@ -9,7 +9,6 @@ import json
 import os
 
 from . import __version__
-from .compare import Comparison, compare
 from .contents import measure_layers
 from .discover import Checkpoint, ModelEntry, examine
 from .readers import read_tensor_index
@@ -170,7 +169,11 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
             reused = analysis is not None
         if analysis is None:
             analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan)
-        comparison = compare(base.structure, analysis.structure) if base is not None else None
+        comparison = None
+        if base is not None:
+            from .compare import compare  # only with --base_model
+
+            comparison = compare(base.structure, analysis.structure)
     except CheckpointError as error:
         return ModelResult(entry, "error", error.line())
     notes = []
