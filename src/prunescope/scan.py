@@ -62,14 +62,15 @@ def choose_device(requested: str) -> str:
 
 
 def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | None = None,
-                 progress=None) -> dict[str, TensorContents]:
-    """Contents of every tensor, keyed by name. `progress(bytes)` is called as bytes are counted."""
+                 progress=None, engine: str | None = None) -> dict[str, TensorContents]:
+    """Contents of every tensor, keyed by name. `progress(bytes)` is called as bytes are counted.
+    The engine is numpy on the CPU and torch on CUDA devices; tests run the torch engine on the CPU."""
     jobs = [job for tensor in tensors for job in _chunks(tensor)]
     counters = {tensor.name: _Counter(tensor) for tensor in tensors}
-    if device == "cuda":
+    if (engine or ("numpy" if device == "cpu" else "torch")) == "torch":
         from .scan_torch import count_chunks_torch
 
-        for tensor, start_row, rows, result in count_chunks_torch(jobs, _chunk_layout):
+        for tensor, start_row, rows, result in count_chunks_torch(jobs, _chunk_layout, device):
             counters[tensor.name].add(start_row, rows, result)
             if progress:
                 progress(rows * _row_bytes(tensor))

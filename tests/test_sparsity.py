@@ -1,0 +1,190 @@
+"""--sparsity: every count against torch's own `(p == 0)` on checkpoints written by transformers."""
+
+import json
+
+import pytest
+import torch
+
+import builders
+from oracle import zero_layer_
+from prunescope.batch import run_batch
+from prunescope.pipeline import ScanOptions, analyse_path
+from prunescope.readers import read_tensor_index
+from prunescope.report import structure_to_dict
+from prunescope.scan import scan_tensors
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def nonzero(module) -> int:
+    return sum(int((parameter != 0).sum()) for parameter in module.parameters())
+
+
+def scanned(path, engine_device="cpu") -> dict:
+    return structure_to_dict(analyse_path(str(path), scan=ScanOptions(device=engine_device)).structure)
+
+
+def magnitude_prune_(model, share=0.5):
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("proj.weight"):
+                threshold = parameter.abs().float().flatten().kthvalue(int(parameter.numel() * share)).values
+                parameter[parameter.abs() <= threshold] = 0
+
+
+def wanda_nm_(model, zeros: int, group: int):
+    """Wanda's N:M pattern: in every `group` consecutive inputs of each row, the `zeros` smallest are zero."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("proj.weight"):
+                blocks = parameter.view(parameter.shape[0], -1, group)
+                smallest = blocks.abs().topk(zeros, dim=-1, largest=False).indices
+                blocks.scatter_(-1, smallest, 0.0)
+
+
+def assert_counts(structure: dict, model):
+    assert structure["nonzero_params"] == nonzero(model)
+    assert structure["sparsity"] == pytest.approx(1 - nonzero(model) / model.num_parameters())
+    named = dict(model.named_parameters())
+    per_tensor = {entry["name"]: entry["nonzero"] for entry in structure["tensors"]}
+    for name, parameter in named.items():
+        if name in per_tensor:
+            assert per_tensor[name] == int((parameter != 0).sum()), name
+    for got, layer in zip(structure["layers"], model.model.layers, strict=True):
+        assert got["nonzero"] == nonzero(layer)
+        assert got["attention"]["nonzero"] == nonzero(layer.self_attn)
+        assert got["mlp"]["nonzero"] == nonzero(layer.mlp)
+        for projection in ATTENTION:
+            assert got["attention"][f"{projection}_nonzero"] == nonzero(getattr(layer.self_attn, projection))
+        for projection in MLP:
+            assert got["mlp"][f"{projection}_nonzero"] == nonzero(getattr(layer.mlp, projection))
+
+
+def test_magnitude_pruned_counts_in_every_dtype_with_negative_zero(tmp_path):
+    model = builders.llama()
+    magnitude_prune_(model)
+    zero_layer_(model.model.layers[2], negative=True)
+    with torch.no_grad():  # -0.0 scattered through a live layer too
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        weight[weight == 0] = -0.0
+    assert torch.signbit(model.model.layers[0].self_attn.q_proj.weight[model.model.layers[0].self_attn.q_proj.weight == 0]).all()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        converted = model.to(dtype)
+        converted.save_pretrained(tmp_path / str(dtype))
+        structure = scanned(tmp_path / str(dtype))
+        assert_counts(structure, converted)
+        assert structure["layers"][2]["nonzero"] == nonzero(converted.model.layers[2]) == \
+            sum(p.numel() for p in converted.model.layers[2].input_layernorm.parameters()) * 2
+        assert structure["layers"][2]["is_zero_layer"] is True
+
+
+@pytest.mark.parametrize("zeros,group,expected", [(2, 4, "2:4"), (4, 8, "4:8")])
+def test_nm_patterns(tmp_path, zeros, group, expected):
+    model = builders.llama()
+    wanda_nm_(model, zeros, group)
+    model.save_pretrained(tmp_path / "model")
+    structure = scanned(tmp_path / "model")
+    assert_counts(structure, model)
+    assert structure["nm_sparsity"] == expected
+    assert [layer["nm_sparsity"] for layer in structure["layers"]] == [expected] * 4
+    assert structure["layers"][0]["attention"]["q_proj_nm"][expected] == 1.0
+    if expected == "4:8":  # 4 zeros in 8 does not mean 2 in every 4
+        assert structure["layers"][0]["attention"]["q_proj_nm"]["2:4"] < 1.0
+
+
+def test_unstructured_is_not_nm(tmp_path):
+    model = builders.llama()
+    magnitude_prune_(model)
+    model.save_pretrained(tmp_path / "model")
+    structure = scanned(tmp_path / "model")
+    assert structure["nm_sparsity"] is None
+    weight = model.model.layers[1].mlp.up_proj.weight
+    groups = (weight.view(weight.shape[0], -1, 4) == 0).sum(-1)
+    share = float((groups >= 2).float().mean())
+    assert structure["layers"][1]["mlp"]["up_proj_nm"]["2:4"] == pytest.approx(share, abs=1e-6)
+
+
+def test_heads_and_channels_zeroed_in_place(tmp_path):
+    model = builders.llama(num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96)
+    head_dim = 16
+    with torch.no_grad():
+        attention = model.model.layers[1].self_attn
+        attention.q_proj.weight[head_dim:2 * head_dim] = 0  # query head 1
+        attention.o_proj.weight[:, head_dim:2 * head_dim] = 0
+        attention.k_proj.weight[:head_dim] = 0  # KV head 0
+        attention.v_proj.weight[:head_dim] = 0
+        mlp = model.model.layers[2].mlp
+        channels = [3, 10, 50]
+        mlp.gate_proj.weight[channels] = 0
+        mlp.up_proj.weight[channels] = 0
+        mlp.down_proj.weight[:, channels] = 0
+    model.save_pretrained(tmp_path / "model")
+    structure = scanned(tmp_path / "model")
+    assert_counts(structure, model)
+    layer1, layer2 = structure["layers"][1], structure["layers"][2]
+    assert (layer1["attention"]["effective_heads"], layer1["attention"]["effective_kv_heads"]) == (3, 1)
+    assert layer1["attention"]["q_proj_zero_rows"] == int((attention.q_proj.weight == 0).all(dim=1).sum())
+    assert layer1["attention"]["o_proj_zero_columns"] == int((attention.o_proj.weight == 0).all(dim=0).sum())
+    assert layer1["mlp"]["effective_intermediate_size"] == 96
+    assert layer2["mlp"]["effective_intermediate_size"] == 96 - len(channels)
+    assert layer2["mlp"]["down_proj_zero_columns"] == len(channels)
+    assert structure["layers"][0]["attention"]["effective_heads"] == 4
+
+
+def test_wanda_comparison_shows_the_real_reduction(tmp_path):
+    base = builders.llama()
+    base.save_pretrained(tmp_path / "base")
+    wanda = builders.llama()
+    wanda.load_state_dict(base.state_dict())
+    wanda_nm_(wanda, 2, 4)
+    wanda.save_pretrained(tmp_path / "models" / "Wanda_2-4")
+    assert run_batch(str(tmp_path / "models"), base_model=str(tmp_path / "base"), output_dir=str(tmp_path / "out"),
+                     sparsity=True, device="cpu") == 0
+    comparison = json.loads((tmp_path / "models" / "Wanda_2-4" / "analysis" / "model_comparison.json").read_text())
+    assert comparison["total_params"]["reduction_ratio"] == 0.0
+    assert comparison["nonzero_params"]["original"] == nonzero(base)
+    assert comparison["nonzero_params"]["pruned"] == nonzero(wanda)
+    assert comparison["layers"][0]["mlp"]["nonzero"]["pruned"] == nonzero(wanda.model.layers[0].mlp)
+    # The analysis on disk is reused by a later --sparsity run, and a plain run keeps its contents.
+    assert run_batch(str(tmp_path / "models"), output_dir=str(tmp_path / "out"), sparsity=True, device="cpu") == 0
+    structure = json.loads((tmp_path / "models" / "Wanda_2-4" / "analysis" / "model_structure.json").read_text())
+    assert structure["nonzero_params"] == nonzero(wanda)
+
+
+def test_sliced_views_and_legacy_files_are_scanned_exactly(tmp_path):
+    from test_slicegpt import write_slicegpt
+
+    model = builders.llama()
+    magnitude_prune_(model)
+    state, _ = write_slicegpt(tmp_path / "sliced", "llama_0.25", model, "llama", 24)
+    structure = scanned(tmp_path / "sliced" / "llama_0.25.pt")
+    assert structure["nonzero_params"] == sum(int((tensor != 0).sum()) for tensor in state.values())
+    torch.save(model.state_dict(), tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    legacy = structure_to_dict(analyse_path(str(tmp_path / "legacy.bin"), model.config.to_dict(),
+                                            ScanOptions(device="cpu")).structure)
+    assert legacy["nonzero_params"] == nonzero(model)
+
+
+def test_torch_engine_counts_like_numpy(tmp_path):
+    """The CUDA path's code, run with torch on the CPU: same numbers as the numpy engine."""
+    model = builders.llama()
+    wanda_nm_(model, 2, 4)
+    zero_layer_(model.model.layers[3], negative=True)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    tensors = list(read_tensor_index([str(tmp_path / "model" / "model.safetensors")]).tensors)
+    by_numpy = scan_tensors(tensors, device="cpu")
+    by_torch = scan_tensors(tensors, device="cpu", engine="torch")
+    for name, contents in by_numpy.items():
+        other = by_torch[name]
+        assert (contents.nonzero, contents.nm_groups, contents.zero_rows, contents.zero_columns) == \
+            (other.nonzero, other.nm_groups, other.zero_rows, other.zero_columns), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scan_matches_torch(tmp_path):
+    model = builders.llama()
+    magnitude_prune_(model)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    structure = scanned(tmp_path / "model", engine_device="cuda")
+    assert_counts(structure, model.to(torch.bfloat16))
