@@ -176,6 +176,9 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
             comparison = compare(base.structure, analysis.structure)
     except CheckpointError as error:
         return ModelResult(entry, "error", error.line())
+    except Exception as error:  # a bug of ours must not take the rest of the batch down with this model
+        return ModelResult(entry, "error", f"{entry.checkpoint.path}: internal error {type(error).__name__}: "
+                                           f"{str(error)[:200]} (please report it with this line)")
     notes = []
     try:
         written = write_analysis(primary, analysis, comparison, reused)

@@ -124,6 +124,9 @@ def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
                                   "not supported by the content scan")
         row_stride = tensor.stride[-2] if len(tensor.stride) >= 2 else width
         column_stride = tensor.stride[-1]
+        if 0 in (row_stride, column_stride) and tensor.numel > 1:
+            raise CheckpointError(tensor.file, f"{tensor.name}: an expanded (stride 0) view",
+                                  "parameters are never saved that way; the file is corrupt or hostile")
     first = tensor.offset + start_row * row_stride * item
     span = ((rows - 1) * row_stride + (width - 1) * column_stride + 1) * item
     return first, span, (row_stride, column_stride)

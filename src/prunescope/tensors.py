@@ -17,6 +17,8 @@ DTYPE_SIZES = {
     "BOOL": 1, "C64": 8, "C128": 16,
 }
 
+MAX_RUNS = 1 << 22  # separate byte ranges a strided view may consist of (rows of a sliced matrix)
+
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
 
 
@@ -65,13 +67,18 @@ class TensorInfo(Record):
         if self.stride is None:
             return [(self.offset, self.numel * item)]
         # Strided views (e.g. sliced weights saved with their whole storage): walk the outer
-        # dimensions, keeping innermost runs of unit stride together.
-        # Size-1 dimensions have no meaningful stride; trailing dimensions laid out densely merge
-        # into one run.
-        dims = [(size, step) for size, step in zip(self.shape, self.stride) if size != 1]
+        # dimensions, keeping innermost runs of unit stride together. Size-1 dimensions have no
+        # meaningful stride, and stride-0 dimensions (expanded views) repeat the same bytes.
+        dims = [(size, step) for size, step in zip(self.shape, self.stride) if size != 1 and step != 0]
         inner = 1
         while dims and dims[-1][1] == inner:
             inner *= dims.pop()[0]
+        runs = 1
+        for size, _ in dims:
+            runs *= size
+        if runs > MAX_RUNS:
+            raise CheckpointError(self.file, f"{self.name}: a strided view of {runs} separate pieces",
+                                  "not a layout checkpoints use; the file is corrupt or hostile")
         run = inner * item
         ranges: list[tuple[int, int]] = []
         starts = [0]

@@ -2,10 +2,16 @@
 
 Both hold a pickle describing the object and the raw bytes of its storages. The pickle is read by
 `RestrictedUnpickler`, which runs nothing; the storages are located, never loaded.
+
+A crafted pickle can still ask the unpickler itself for unbounded memory (a huge memo index) or
+time (a hash bomb). On POSIX the reading therefore happens in a forked child process with memory
+and CPU limits; the child sends back plain JSON, and a child that blows a limit is reported as a
+suspected pickle bomb instead of taking the batch down with it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -14,9 +20,23 @@ from .unpickler import RestrictedUnpickler, StandIn, StateDict, TensorRef, class
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_PICKLE_BYTES = 1 << 30  # data.pkl of a whole 70B model with its tokenizer is a few MB
+CHILD_MEMORY_BYTES = 2 << 30  # address space a reading child may add to what it inherits
+# CPU seconds a reading child may spend: reading the pickle of a whole 70B model takes about one.
+CHILD_CPU_SECONDS = int(os.environ.get("PRUNESCOPE_PICKLE_CPU_SECONDS", "60"))
+MAX_MODULES = 1_000_000
+MAX_CONFIG_NODES = 100_000
 
 
 def read_torch_file(path: str) -> TensorIndex:
+    """The tensors of a torch.save file; read in a resource-limited child process where possible."""
+    if not hasattr(os, "fork") or os.environ.get("PRUNESCOPE_NO_FORK"):
+        return read_torch_file_here(path)
+    return _read_in_child(path)
+
+
+def read_torch_file_here(path: str) -> TensorIndex:
+    """The same, in this process (no resource limits)."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
@@ -30,121 +50,274 @@ def read_torch_file(path: str) -> TensorIndex:
                           "is it a different format, or corrupt?")
 
 
+# -- the child process ---------------------------------------------------------------------------
+def _read_in_child(path: str) -> TensorIndex:
+    import select
+    import signal
+
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: read, answer in JSON, never return into the caller's code
+        status = 0
+        try:
+            os.close(reading)
+            _limit_child_resources()
+            try:
+                answer = {"index": _index_to_json(read_torch_file_here(path))}
+            except CheckpointError as error:
+                answer = {"error": [error.path, error.problem, error.hint]}
+            except MemoryError:
+                answer = {"error": [path, BOMB, "the file was not loaded"]}
+            except BaseException as error:  # noqa: BLE001 - the parent turns it into one line
+                answer = {"error": [path, f"unreadable: {type(error).__name__}: {str(error)[:200]}",
+                                    "the file is corrupt or hostile"]}
+            data = json.dumps(answer).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(writing, view):]
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(writing)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([reading], [], [], CHILD_CPU_SECONDS + 30)
+            if not ready:
+                os.kill(child, signal.SIGKILL)
+                break
+            chunk = os.read(reading, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(reading)
+        _, status = os.waitpid(child, 0)
+    try:
+        answer = json.loads(b"".join(chunks))
+    except ValueError:
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
+        raise CheckpointError(path, f"reading the pickle was stopped ({how}): it exceeded the time or memory "
+                                    "any checkpoint needs", "a pickle bomb? the file was not loaded") from None
+    if "error" in answer:
+        raise CheckpointError(*answer["error"])
+    return _index_from_json(answer["index"])
+
+
+def _limit_child_resources() -> None:
+    import resource
+
+    try:
+        with open("/proc/self/statm") as statm:  # address space inherited from the parent, in pages
+            inherited = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (inherited + CHILD_MEMORY_BYTES, resource.RLIM_INFINITY))
+    except (OSError, ValueError, resource.error):
+        pass  # no /proc (macOS): the CPU limit still holds
+    try:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        spent = int(used.ru_utime + used.ru_stime)
+        resource.setrlimit(resource.RLIMIT_CPU, (spent + CHILD_CPU_SECONDS, resource.RLIM_INFINITY))
+    except (ValueError, resource.error):
+        pass
+
+
+def _index_to_json(index: TensorIndex) -> dict:
+    return {
+        "format": index.format, "files": list(index.files),
+        "tensors": [[t.name, t.dtype, list(t.shape), t.file, t.offset, list(t.stride) if t.stride else None,
+                     t.alias_of, t.is_parameter] for t in index.tensors],
+        "module_classes": index.module_classes, "embedded_config": index.embedded_config,
+        "container": index.container, "is_whole_module": index.is_whole_module,
+        "findings": [[f.file, f.what, f.detail] for f in index.findings],
+    }
+
+
+def _index_from_json(data: dict) -> TensorIndex:
+    tensors = tuple(TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=file, offset=offset,
+                               stride=tuple(stride) if stride else None, alias_of=alias_of, is_parameter=is_parameter)
+                    for name, dtype, shape, file, offset, stride, alias_of, is_parameter in data["tensors"])
+    return TensorIndex(format=data["format"], files=tuple(data["files"]), tensors=tensors,
+                       module_classes=data["module_classes"], embedded_config=data["embedded_config"],
+                       container=data["container"], is_whole_module=data["is_whole_module"],
+                       findings=tuple(SecurityFinding(*finding) for finding in data["findings"]))
+
+
 # -- zip archives ----------------------------------------------------------------------------
 def _read_zip(path: str) -> TensorIndex:
     import zipfile  # only torch archives need it; keeps the safetensors path light
 
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(path, f"corrupt or truncated torch archive: {error}", "re-save or re-download it") from None
-    with archive:
-        entries = {info.filename: info for info in archive.infolist()}
-        pickles = [name for name in entries if name.endswith("data.pkl") and name.count("/") == 1]
-        if not pickles:
-            raise CheckpointError(path, "zip archive without data.pkl", "not a torch.save checkpoint")
-        prefix = pickles[0][: -len("data.pkl")]
-        byteorder = entries.get(prefix + "byteorder")
-        if byteorder is not None and archive.read(byteorder).strip() not in (b"", b"little"):
-            raise CheckpointError(path, "big-endian torch archive", "not supported; re-save it on a little-endian machine")
-        try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(set(names)) != len(names):
+                # torch and Python's zipfile would pick different copies: one could hide a payload.
+                raise CheckpointError(path, "zip archive with duplicate entry names", "the file is corrupt or hostile")
+            entries = dict(zip(names, infos))
+            pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
+            if len(pickles) != 1:
+                raise CheckpointError(path, "zip archive without exactly one data.pkl", "not a torch.save checkpoint")
+            prefix = pickles[0][: -len("data.pkl")]
+            for info in infos:
+                if info.flag_bits & 0x1 or info.compress_type != zipfile.ZIP_STORED:
+                    raise CheckpointError(path, f"entry {info.filename} is encrypted or compressed",
+                                          "torch never writes that; the file was repacked or is hostile")
+            byteorder = entries.get(prefix + "byteorder")
+            if byteorder is not None and archive.read(byteorder).strip() not in (b"", b"little"):
+                raise CheckpointError(path, "big-endian torch archive", "not supported; re-save it on a little-endian machine")
+            if entries[pickles[0]].file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(path, "data.pkl is larger than any checkpoint's", "the file is corrupt or hostile")
             pickled = archive.read(pickles[0])
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise CheckpointError(path, f"corrupt torch archive: {error}", "re-save or re-download it") from None
-        unpickler, root = _unpickle(pickled, path, legacy=False)
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
-            locations = {}
-            for key, ref in unpickler.storages.items():
-                info = entries.get(f"{prefix}data/{key}")
-                if info is None:
-                    raise CheckpointError(path, f"storage {key} is missing from the archive", "the file is truncated or corrupt")
-                if info.compress_type != zipfile.ZIP_STORED:
-                    raise CheckpointError(path, f"storage {key} is compressed", "torch never writes that; the file was repacked")
-                handle.seek(info.header_offset)
-                local = handle.read(30)
-                if len(local) < 30 or local[:4] != ZIP_MAGIC:
-                    raise CheckpointError(path, f"bad zip entry header for storage {key}", "the file is corrupt")
-                name_length, extra_length = struct.unpack("<HH", local[26:30])
-                # The local extra field pads data to 64 bytes; the central directory's copy is empty.
-                start = info.header_offset + 30 + name_length + extra_length
-                if start + info.file_size > file_size:
-                    raise CheckpointError(path, f"truncated: storage {key} ends past the end of the file", "re-save or re-download it")
-                locations[key] = (start, info.file_size)
-    return _index(path, "torch-zip", root, unpickler, locations)
+    except CheckpointError:
+        raise
+    except Exception as error:  # zipfile fails in many ways on damaged files; all mean the same here
+        raise CheckpointError(path, f"corrupt or truncated torch archive: {type(error).__name__}: {error}",
+                              "re-save or re-download it") from None
+    unpickler, root = _unpickle(pickled, path)
+    with open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        locations = {}
+        for key in unpickler.storages:
+            info = entries.get(f"{prefix}data/{key}")
+            if info is None:
+                raise _error(path, f"storage {key} is missing from the archive", [unpickler],
+                             "the file is truncated or corrupt")
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            if len(local) < 30 or local[:4] != ZIP_MAGIC:
+                raise _error(path, f"bad zip entry header for storage {key}", [unpickler], "the file is corrupt")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            # The local extra field pads data to 64 bytes; the central directory's copy is empty.
+            start = info.header_offset + 30 + name_length + extra_length
+            if start + info.file_size > file_size:
+                raise _error(path, f"truncated: storage {key} ends past the end of the file", [unpickler],
+                             "re-save or re-download it")
+            locations[key] = (start, info.file_size)
+    return _index(path, "torch-zip", root, unpickler, locations, [unpickler])
 
 
 # -- legacy format: magic, protocol, sys info, object, storage keys, then raw storages ---------
 def _read_legacy(path: str) -> TensorIndex:
+    unpicklers: list[RestrictedUnpickler] = []
+
+    def load(handle):
+        start = handle.tell()
+        check_opcodes(handle, path)
+        handle.seek(start)
+        unpickler = RestrictedUnpickler(handle, path, legacy=True)
+        unpicklers.append(unpickler)
+        return unpickler.load()
+
     with open(path, "rb") as handle:
         file_size = os.fstat(handle.fileno()).st_size
         try:
-            magic = RestrictedUnpickler(handle, path, legacy=True).load()
+            magic = load(handle)
+        except CheckpointError:
+            raise
         except Exception:
             magic = None
         if magic != LEGACY_MAGIC:
             # A bare pickle with no torch framing cannot hold tensor data we could locate.
-            raise CheckpointError(path, "pickle file that is not a torch.save checkpoint (no torch magic number)",
-                                  "save it with torch.save")
+            raise _error(path, "pickle file that is not a torch.save checkpoint (no torch magic number)", unpicklers,
+                         "save it with torch.save")
         try:
-            RestrictedUnpickler(handle, path, legacy=True).load()  # protocol version
-            RestrictedUnpickler(handle, path, legacy=True).load()  # sys info
-            unpickler = RestrictedUnpickler(handle, path, legacy=True)
-            root = unpickler.load()
-            keys = RestrictedUnpickler(handle, path, legacy=True).load()
-        except CheckpointError:
-            raise
+            load(handle)  # protocol version
+            load(handle)  # sys info
+            root = load(handle)
+            unpickler = unpicklers[-1]
+            keys = load(handle)
+        except CheckpointError as error:
+            raise _error(path, error.problem, unpicklers, error.hint) from None
+        except MemoryError:
+            raise _error(path, BOMB, unpicklers, "the file was not loaded") from None
         except Exception as error:
-            found = _findings_text(unpickler) if "unpickler" in locals() else ""
-            raise CheckpointError(path, f"corrupt or truncated legacy torch file: {type(error).__name__}: {error}"
-                                  f"{found}", "re-save or re-download it") from None
+            raise _error(path, f"corrupt or truncated legacy torch file: {type(error).__name__}: {error}", unpicklers,
+                         "re-save or re-download it") from None
         locations = {}
         position = handle.tell()
         for key in keys if isinstance(keys, list) else []:
-            key = str(key)
+            key = str(key) if type(key) in (str, int) else None
+            ref = unpickler.storages.get(key)
             handle.seek(position)
             count_bytes = handle.read(8)
             if len(count_bytes) < 8:
-                raise CheckpointError(path, f"truncated: storage {key} is missing", "re-save or re-download it")
+                raise _error(path, f"truncated: storage {key} is missing", unpicklers, "re-save or re-download it")
             count = int.from_bytes(count_bytes, "little", signed=True)
-            ref = unpickler.storages.get(key)
-            itemsize = DTYPE_SIZES[ref.dtype] if ref is not None else 1
-            length = count * itemsize
+            length = count * (DTYPE_SIZES.get(ref.dtype, 1) if ref is not None else 1)
             if count < 0 or position + 8 + length > file_size:
-                raise CheckpointError(path, f"truncated: storage {key} ends past the end of the file", "re-save or re-download it")
-            locations[key] = (position + 8, length)
+                raise _error(path, f"truncated: storage {key} ends past the end of the file", unpicklers,
+                             "re-save or re-download it")
+            if key is not None:
+                locations[key] = (position + 8, length)
             position += 8 + length
-    return _index(path, "torch-legacy", root, unpickler, locations)
+    return _index(path, "torch-legacy", root, unpickler, locations, unpicklers)
 
 
-def _unpickle(data: bytes, path: str, legacy: bool):
+BOMB = "the pickle asks for more memory than any checkpoint needs (a pickle bomb?)"
+
+
+def check_opcodes(stream, path: str) -> None:
+    """Walk the pickle's opcodes without executing any (pickletools), rejecting memo indices no real
+    pickle uses: CPython's unpickler allocates its memo up to the largest index it is given."""
+    import pickletools
+
+    count = 0
+    try:
+        for opcode, argument, _position in pickletools.genops(stream):
+            count += 1
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"):
+                if not isinstance(argument, int) or argument > count:
+                    raise CheckpointError(path, f"pickle memo index {argument} at opcode {count}: no pickler writes that",
+                                          "the file is corrupt or hostile")
+    except CheckpointError:
+        raise
+    except Exception:
+        return  # malformed opcodes: the unpickler itself reports them
+
+
+def _unpickle(data: bytes, path: str):
     import io
 
-    unpickler = RestrictedUnpickler(io.BytesIO(data), path, legacy=legacy)
+    check_opcodes(io.BytesIO(data), path)
+    unpickler = RestrictedUnpickler(io.BytesIO(data), path)
     try:
         root = unpickler.load()
+    except MemoryError:
+        raise _error(path, BOMB, [unpickler], "the file was not loaded") from None
     except Exception as error:  # a corrupt pickle can fail in many ways; none of them runs code
-        raise CheckpointError(path, f"unreadable pickle: {type(error).__name__}: {error}{_findings_text(unpickler)}",
-                              "the file is corrupt or hostile") from None
+        raise _error(path, f"unreadable pickle: {type(error).__name__}: {error}", [unpickler],
+                     "the file is corrupt or hostile") from None
     return unpickler, root
 
 
-def _findings_text(unpickler: RestrictedUnpickler) -> str:
-    """Findings gathered before a pickle failed still reach the user."""
-    if not unpickler.findings:
-        return ""
-    return "; SECURITY: it references " + ", ".join(what for what, _ in unpickler.findings) + " (nothing was run)"
+def _error(path: str, problem: str, unpicklers, hint: str) -> CheckpointError:
+    """A CheckpointError that still tells what the pickles referenced before things went wrong."""
+    found = [what for unpickler in unpicklers for what, _ in unpickler.findings]
+    if found:
+        problem += "; SECURITY: it references " + ", ".join(dict.fromkeys(found)) + " (nothing was run)"
+    return CheckpointError(path, problem, hint)
 
 
 # -- from the unpickled object to named tensors ------------------------------------------------
-def _index(path, fmt, root, unpickler: RestrictedUnpickler, locations) -> TensorIndex:
+def _index(path, fmt, root, unpickler: RestrictedUnpickler, locations, unpicklers) -> TensorIndex:
+    try:
+        return _index_unchecked(path, fmt, root, unpickler, locations, unpicklers)
+    except CheckpointError as error:
+        raise _error(error.path, error.problem, unpicklers, error.hint) from None
+    except Exception as error:  # crafted structures can break any assumption; say so, in one line
+        raise _error(path, f"malformed pickle contents: {type(error).__name__}: {str(error)[:200]}", unpicklers,
+                     "the file is corrupt or hostile") from None
+
+
+def _index_unchecked(path, fmt, root, unpickler, locations, unpicklers) -> TensorIndex:
     container, target = _find_model(root)
     module_classes: dict[str, str] = {}
     named: list[tuple[str, TensorRef, bool | None]] = []
     embedded_config = None
     is_module = _is_module(target)
     if is_module:
-        _walk_module(target, "", named, module_classes, set())
+        _walk_modules(target, named, module_classes)
         embedded_config = _plain(state_of(target).get("config"))
         if not isinstance(embedded_config, dict):
             embedded_config = None
@@ -159,7 +332,7 @@ def _index(path, fmt, root, unpickler: RestrictedUnpickler, locations) -> Tensor
         key = ref.storage.key
         offset = ref.offset
         if view:  # legacy views: (view_key, element offset into the root storage, size)
-            offset += int(view[1])
+            offset += view[1]
         location = locations.get(key)
         if location is None:
             raise CheckpointError(path, f"tensor {name!r} points to storage {key}, which the file lacks",
@@ -178,7 +351,7 @@ def _index(path, fmt, root, unpickler: RestrictedUnpickler, locations) -> Tensor
                                   offset=location[0] + offset * itemsize, stride=stride,
                                   alias_of=seen.get(identity), is_parameter=is_parameter))
         seen.setdefault(identity, name)
-    findings = tuple(SecurityFinding(path, what, detail) for what, detail in unpickler.findings)
+    findings = tuple(SecurityFinding(path, what, detail) for u in unpicklers for what, detail in u.findings)
     return TensorIndex(format=fmt, files=(path,), tensors=tuple(tensors), module_classes=module_classes,
                        embedded_config=embedded_config, container=container, is_whole_module=is_module,
                        findings=findings)
@@ -213,20 +386,26 @@ def _size(obj) -> int:
     return len(obj) if isinstance(obj, dict) else 1 << 30
 
 
-def _walk_module(module, prefix: str, named: list, classes: dict, visited: set) -> None:
-    """Parameters and buffers in named_parameters()/named_buffers() order: the module's own, then children's."""
-    if id(module) in visited:
-        return
-    visited.add(id(module))
-    classes[prefix.rstrip(".")] = class_name_of(module)
-    state = state_of(module) or {}
-    for slot, is_parameter in (("_parameters", True), ("_buffers", False)):
-        for name, value in _items(state.get(slot)):
-            if isinstance(value, TensorRef):
-                named.append((prefix + str(name), value, is_parameter))
-    for name, child in _items(state.get("_modules")):
-        if _is_module(child):
-            _walk_module(child, f"{prefix}{name}.", named, classes, visited)
+def _walk_modules(root, named: list, classes: dict) -> None:
+    """Parameters and buffers in named_parameters()/named_buffers() order: each module's own, then its
+    children's, depth first. Iterative: a crafted pickle can nest modules deeper than Python recurses."""
+    visited: set[int] = set()
+    pending = [(root, "")]
+    while pending:
+        module, prefix = pending.pop()
+        if id(module) in visited:
+            continue
+        visited.add(id(module))
+        if len(visited) > MAX_MODULES:
+            raise CheckpointError("", "more modules than any model has", "the file is corrupt or hostile")
+        classes[prefix.rstrip(".")] = class_name_of(module)
+        state = state_of(module) or {}
+        for slot, is_parameter in (("_parameters", True), ("_buffers", False)):
+            for name, value in _items(state.get(slot)):
+                if isinstance(value, TensorRef):
+                    named.append((prefix + str(name), value, is_parameter))
+        children = [(child, f"{prefix}{name}.") for name, child in _items(state.get("_modules")) if _is_module(child)]
+        pending.extend(reversed(children))  # so that the first child is walked first
 
 
 def _items(container):
@@ -237,19 +416,24 @@ def _items(container):
     return []
 
 
-def _plain(value, depth: int = 0):
-    """Inert pickled data -> JSON-friendly values (for embedded configs)."""
-    if depth > 8:
+def _plain(value, budget=None):
+    """Inert pickled data -> JSON-friendly values (for embedded configs), within a node budget: shared
+    sub-structures in a crafted pickle could otherwise expand exponentially."""
+    budget = budget if budget is not None else [MAX_CONFIG_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
-        return [_plain(item, depth + 1) for item in value]
+        return [_plain(item, budget) for item in value[:1000]]
     if isinstance(value, StateDict) or type(value) is dict:
-        return {str(key): _plain(item, depth + 1) for key, item in value.items()}
+        return {str(key): _plain(item, budget) for key, item in list(value.items())[:1000]
+                if isinstance(key, (str, int))}
     state = state_of(value)
     if state is not None:
-        return {str(key): _plain(item, depth + 1) for key, item in state.items() if not str(key).startswith("_")}
+        return {str(key): _plain(item, budget) for key, item in list(state.items())[:1000]
+                if isinstance(key, str) and not key.startswith("_")}
     return None
 
 

@@ -38,15 +38,41 @@ DANGEROUS_MODULES = frozenset({
     "_io", "zipimport", "pkgutil", "inspect", "operator", "_operator", "ssl", "select", "selectors",
     "posixpath", "ntpath", "pathlib", "sqlite3", "dill", "cloudpickle", "joblib", "torch.hub",
 })
-# Builtins that a checkpoint may legitimately reconstruct; everything else in builtins is a finding.
+# Packages whose classes checkpoints legitimately *call* while unpickling (enums, tokens, configs).
+# Calling anything else is reported: torch.load would run it. (Creating instances without a call,
+# as modules are pickled, is how every class in a checkpoint arrives, and needs no report.)
+CALLABLE_ROOTS = frozenset({"torch", "transformers", "collections", "numpy", "tokenizers", "sentencepiece",
+                            "peft", "accelerate", "LLMPruner", "copyreg", "_codecs", "builtins"})
+
+
+def _bytes(value=b"", *_ignored):
+    # bytes(n) / bytearray(n) would allocate n bytes: only conversions of actual data are honoured.
+    return bytes(value) if isinstance(value, (bytes, bytearray)) else value.encode("latin1", "replace") \
+        if isinstance(value, str) else b""
+
+
+def _str(value="", *_ignored):
+    # str() of a shared structure can expand exponentially: only scalars are converted.
+    return value if isinstance(value, str) else str(value) if isinstance(value, (int, float, bool)) else ""
+
+
+# Builtins that a checkpoint may legitimately reconstruct, in forms that cannot allocate without
+# bound; everything else in builtins is a finding.
 SAFE_BUILTINS = {
-    "set": set, "frozenset": frozenset, "bytearray": bytearray, "slice": slice, "complex": complex,
-    "range": range, "list": list, "dict": dict, "tuple": tuple, "int": int, "float": float,
-    "str": str, "bool": bool, "bytes": bytes, "object": object,
+    "set": set, "frozenset": frozenset, "bytearray": _bytes, "bytes": _bytes, "slice": slice, "complex": complex,
+    "list": list, "dict": dict, "tuple": tuple, "int": int, "float": float, "str": _str, "bool": bool,
+    "object": object,
 }
 
 
-class StorageRef(Record):
+class _Sealed:
+    """Objects of ours that a pickle's BUILD opcode must not rewrite."""
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("the pickle tries to modify a tensor description")
+
+
+class StorageRef(_Sealed, Record):
     """A storage the pickle points to: its bytes live elsewhere in the file, found by `key`."""
 
     key: str
@@ -55,7 +81,7 @@ class StorageRef(Record):
     view: tuple | None = None  # legacy format: (view_key, offset, size) when this is a view
 
 
-class TensorRef(Record):
+class TensorRef(_Sealed, Record):
     """A tensor as the pickle describes it; no data is loaded."""
 
     storage: StorageRef
@@ -80,10 +106,9 @@ class StandIn:
 
     def __init__(self, *args, **kwargs):
         # Only reached when the pickle *calls* the global (REDUCE/INST), not for NEWOBJ.
-        name = type(self)._ps_name.lstrip("_")
-        if name[:1].islower() and type(self)._ps_report is not None:
-            type(self)._ps_report(f"{type(self)._ps_module}.{type(self)._ps_name}",
-                                  f"called with {_short(args)}")
+        cls = type(self)
+        if cls._ps_module.split(".")[0] not in CALLABLE_ROOTS and cls._ps_report is not None:
+            cls._ps_report(cls.qualified_name(), f"called with {_short(args)}")
 
     def __setstate__(self, state):
         self.__dict__["_ps_state"] = state
@@ -116,9 +141,15 @@ class StateDict(dict):
         self.metadata = state
 
 
-def _short(args) -> str:
-    text = repr(args)
-    return text if len(text) <= 120 else text[:117] + "..."
+def _short(value) -> str:
+    """A bounded repr: a pickle's shared structures could make a full one exponentially long."""
+    import reprlib
+
+    limits = reprlib.Repr()
+    limits.maxlevel, limits.maxstring, limits.maxother = 3, 240, 80
+    limits.maxlist = limits.maxtuple = limits.maxdict = limits.maxset = 6
+    text = limits.repr(value)
+    return text if len(text) <= 320 else text[:317] + "..."
 
 
 def state_of(obj) -> dict | None:
@@ -152,8 +183,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     # -- globals ---------------------------------------------------------------------------
     def find_class(self, module: str, name: str):
-        if module == "__builtin__":
-            module = "builtins"
+        # Python-2 names resolve as pickle's fix_imports resolves them (and torch.load with it):
+        # `commands.Popen` is subprocess.Popen, `BaseHTTPServer.HTTPServer` is http.server's.
+        import _compat_pickle
+
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if module == "collections" and name == "OrderedDict":
             return StateDict
         if module == "builtins" and name in SAFE_BUILTINS:
@@ -190,17 +225,19 @@ class RestrictedUnpickler(pickle.Unpickler):
     def _reconstructor(self, cls, base, state=None):
         if isinstance(cls, type) and issubclass(cls, StandIn):
             return cls.__new__(cls)
-        self.report(f"copyreg._reconstructor({cls!r})", "reconstructs a non-checkpoint object")
+        self.report(f"copyreg._reconstructor({_short(cls)})", "reconstructs a non-checkpoint object")
         return None
 
     # -- storages ------------------------------------------------------------------------
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) in (5, 6):
-            storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
-            if isinstance(storage_type, _StorageType) and isinstance(numel, int):
-                view = pid[5] if len(pid) == 6 else None
+            storage_type, key, _location, numel = pid[1], pid[2], pid[3], pid[4]
+            view = pid[5] if len(pid) == 6 else None
+            if (isinstance(storage_type, _StorageType) and type(key) in (str, int) and _natural(numel)
+                    and (view is None or _valid_view(view))):
+                key = str(key)
                 ref = StorageRef(key=key, dtype=storage_type.dtype, numel=numel,
-                                 view=tuple(view) if view else None)
+                                 view=(str(view[0]), view[1], view[2]) if view else None)
                 self.storages.setdefault(key, ref)
                 return ref
         if self.legacy and isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
@@ -212,16 +249,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         return None
 
 
-class _StorageType:
+class _StorageType(_Sealed):
     def __init__(self, dtype: str):
-        self.dtype = dtype
+        self.__dict__["dtype"] = dtype
+
+    def __setattr__(self, name, value):
+        raise pickle.UnpicklingError("the pickle tries to modify a storage type")
 
     def __call__(self, *args, **kwargs):
         return None
 
 
-class _Dtype(str):
+class _Dtype(_Sealed, str):
     """torch.float16 and friends: kept as the dtype code."""
+
+
+def _natural(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _valid_view(view) -> bool:
+    return (isinstance(view, tuple) and len(view) == 3 and type(view[0]) in (str, int)
+            and _natural(view[1]) and _natural(view[2]))
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -231,10 +280,17 @@ def _latin1_encode(text, encoding="latin1"):
 
 
 def _tensor(storage, offset, size, stride, dtype=None):
+    """A tensor description, checked: a crafted pickle can put anything in these arguments."""
     if not isinstance(storage, StorageRef):
-        return None
-    dtype = str(dtype) if dtype is not None else storage.dtype
-    return TensorRef(storage=storage, offset=int(offset), shape=tuple(size), stride=tuple(stride), dtype=dtype)
+        raise pickle.UnpicklingError(f"tensor without a valid storage: {_short(storage)}")
+    if dtype is not None and not isinstance(dtype, _Dtype):
+        raise pickle.UnpicklingError(f"tensor with an invalid dtype {_short(dtype)}")
+    if not (_natural(offset) and isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
+            and all(_natural(value) for value in size + stride)):
+        raise pickle.UnpicklingError(f"invalid tensor description: offset {_short(offset)}, size {_short(size)}, "
+                                     f"stride {_short(stride)}")
+    return TensorRef(storage=storage, offset=offset, shape=size, stride=stride,
+                     dtype=str(dtype) if dtype is not None else storage.dtype)
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
