@@ -64,7 +64,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `prunescope inspect ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+
+
+def _run(argv: list[str]) -> int:
     _utf8_console()
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "analyze")  # the original's invocation: flags only, no command
