@@ -233,7 +233,7 @@ def closing_table(results: list[ModelResult]) -> str:
         structure = result.analysis.structure
         layers = structure.layers
         notes = [structure.slicing["summary"]] if structure.slicing else []
-        if structure.contents is not None:
+        if structure.contents is not None and (structure.contents.sparsity >= 0.0005 or structure.contents.nm_sparsity):
             notes.append(f"sparsity {structure.contents.sparsity * 100:.1f}%"
                          + (f" {structure.contents.nm_sparsity}" if structure.contents.nm_sparsity else ""))
         zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]

@@ -29,6 +29,12 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_scan_arguments(parser)
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    from .paper.command import add_report_arguments as add  # the paper package loads only for this command
+
+    add(parser)
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", nargs="?", default="prunescope_demo", help="where to write (default: %(default)s)")
 
@@ -46,6 +52,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="only entries matching")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip entries matching")
     parser.add_argument("--model", action="append", default=[], metavar="PATH", help="also analyse this model path")
+    parser.add_argument("--report", action="store_true",
+                        help="then write tables, plots and report.html under --output_dir (prunescope report)")
 
 
 def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +67,8 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
 COMMANDS = {
     "analyze": ("analyse every model under a folder (batch)", add_analyze_arguments),
     "inspect": ("analyse one model and print its per-layer table", add_inspect_arguments),
+    "report": ("paper-ready tables, plots and an HTML report from the analyses and evaluation results",
+               add_report_arguments),
     "demo": ("write the bundled demo models and analyse them", add_demo_arguments),
 }
 
@@ -79,10 +89,19 @@ def _run(argv: list[str]) -> int:
     if args.command == "analyze":
         from .batch import run_batch
 
-        return run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
-                         merge=args.merge_results, force=args.force, include=args.include,
-                         exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
-                         device=args.device)
+        status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
+                           merge=args.merge_results, force=args.force, include=args.include,
+                           exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
+                           device=args.device)
+        if args.report:
+            from .paper.command import run_report
+
+            status = max(status, run_report(args.output_dir, models_dir=args.models_dir))
+        return status
+    if args.command == "report":
+        from .paper.command import report_from_args
+
+        return report_from_args(args)
     if args.command == "inspect":
         return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device)
     if args.command == "demo":

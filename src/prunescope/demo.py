@@ -18,7 +18,12 @@ def write_demo(directory: str) -> tuple[str, str]:
 def run_demo(directory: str) -> int:
     from .batch import run_batch
 
+    from .paper.command import run_report
+
     models_dir, base_model = write_demo(directory)
+    output_dir = os.path.join(directory, "baselines_analysis")
     print(f"Demo models written to {directory}/: a base Llama in base/, pruned variants in models/\n")
-    return run_batch(models_dir, base_model=base_model, output_dir=os.path.join(directory, "baselines_analysis"),
-                     merge=True)
+    status = run_batch(models_dir, base_model=base_model, output_dir=output_dir, merge=True, sparsity=True,
+                       device="cpu")
+    print()
+    return max(status, run_report(output_dir, models_dir=models_dir))

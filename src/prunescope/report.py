@@ -15,15 +15,19 @@ from .structure import (AttentionStructure, LayerContents, LayerStructure, MlpSt
 # -- writing ------------------------------------------------------------------------------------
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so no reader sees half a file.
-    (Named by hand rather than with `tempfile`, whose import alone costs more than an analysis.)"""
+def write_atomic(path: str, content: str | bytes) -> None:
+    """Write text or bytes via a temporary file in the same folder and rename, so no reader sees half
+    a file. (Named by hand rather than with `tempfile`, whose import alone costs more than an analysis.)"""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(path)}")
     try:
-        with open(temporary, "x", encoding="utf-8") as stream:
-            stream.write(text)
+        if isinstance(content, bytes):
+            with open(temporary, "xb") as stream:
+                stream.write(content)
+        else:
+            with open(temporary, "x", encoding="utf-8") as stream:
+                stream.write(content)
         os.replace(temporary, path)
     except BaseException:
         try:

@@ -1,0 +1,232 @@
+"""The summary table, one row per model, as Markdown, CSV (plain numbers) and LaTeX (booktabs).
+
+One `Table` record holds raw values; each format only decides how a value is written, so the three
+files always agree. Scores: accuracies in % with two decimals, perplexities as they are; the best
+value of each score column among the pruned models is bold (the base is the reference, not a
+contender).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from ..records import Record
+from ..report import reduction
+from .evals import Scoreboard
+from .study import Study
+
+# LaTeX's special characters in text mode, and < > | which the default OT1 font encoding misprints.
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+WIDE_TABLE = 12  # columns past which the LaTeX table is scaled to the text width
+
+
+class Column(Record):
+    key: str  # the CSV header
+    title: str  # the header in Markdown, LaTeX and HTML
+    style: str  # "text", "params", "change", "count", "share" or "score"
+    best: str | None = None  # "max" / "min": the best value is bold
+    percent: bool = False  # a score shown x100
+    subtitle: str = ""  # under the title: the metric
+
+
+class Table(Record):
+    columns: tuple  # Column
+    rows: tuple  # one tuple of raw values per model (None: unknown)
+    roles: tuple  # each row's model role ("base", "pruned", "results")
+    notes: tuple  # sentences for the caption and below the table
+
+
+# -- building -----------------------------------------------------------------------------------
+
+
+def summary_table(study: Study, board: Scoreboard) -> Table:
+    compared = any(model.reduction_ratio is not None for model in study.models if model.role == "pruned")
+    columns = [Column("model", "Model", "text"), Column("kind", "Kind", "text"),
+               Column("total_params", "Params", "params")]
+    if compared:  # without a base there is nothing to be reduced from
+        columns.append(Column("reduction_ratio", "vs base", "change"))
+    columns += [Column("num_layers", "Layers", "count"), Column("attention_params", "Attention", "params"),
+                Column("mlp_params", "MLP", "params"), Column("embedding_params", "Embedding", "params")]
+    scanned = any(model.sparsity is not None for model in study.models)
+    if scanned:
+        columns.append(Column("sparsity", "Sparsity", "share"))
+    for task in board.columns:
+        columns.append(Column(f"{task.task}/{task.metric}", task.task, "score",
+                              "max" if task.higher_is_better else "min", task.percent, task.metric))
+    if board.average_over:
+        columns.append(Column("average", "Average", "score", "max", True, "mean"))
+    rows = []
+    for model in study.models:
+        row = [model.name, model.kind, model.total_params] + ([model.reduction_ratio] if compared else []) + [
+            model.num_layers, model.attention_params, model.mlp_params, model.embedding_params]
+        if scanned:
+            row.append(model.sparsity)
+        row += [board.values.get(model.name, {}).get(task.task) for task in board.columns]
+        if board.average_over:
+            row.append(board.averages.get(model.name))
+        rows.append(tuple(row))
+    return Table(columns=tuple(columns), rows=tuple(rows), roles=tuple(model.role for model in study.models),
+                 notes=table_notes(study, board, scanned))
+
+
+def table_notes(study: Study, board: Scoreboard, scanned: bool) -> tuple:
+    notes = []
+    if study.base_name and any(model.reduction_ratio is not None for model in study.models if model.role == "pruned"):
+        notes.append(f"vs base: change in total parameters against {study.base_name}.")
+    notes.append("Attention and MLP: all layers; Embedding: input embeddings, an untied LM head and position "
+                 "embeddings.")
+    if scanned:
+        notes.append("Sparsity: share of parameters that are zero.")
+    if board.columns:
+        percent = [column.task for column in board.columns if column.percent]
+        notes.append("Scores" + (" in %" if percent else "") + ": " + "; ".join(board.notes) + ".")
+        notes.append("Best score among the pruned models in bold.")
+    return tuple(notes)
+
+
+# -- writing values -----------------------------------------------------------------------------
+
+
+format_change = reduction  # a reduction ratio as a signed change in size, as the console shows it
+
+
+def format_params(count: int | None) -> str:
+    """8030261248 -> '8.03B', 68700000 -> '68.7M', 158528 -> '159K': three significant digits."""
+    if count is None:
+        return "-"
+    for scale, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(count) >= scale:
+            value = count / scale
+            if round(abs(value), 2) < 10:
+                return f"{value:.2f}{suffix}"
+            if round(abs(value), 1) < 100:
+                return f"{value:.1f}{suffix}"
+            return f"{value:.0f}{suffix}"
+    return str(count)
+
+
+def format_cell(column: Column, value) -> str:
+    """The text shown for a value (the CSV keeps the raw value)."""
+    if value is None:
+        return "-"
+    if column.style == "params":
+        return format_params(value)
+    if column.style == "change":
+        return format_change(value)
+    if column.style == "share":
+        return f"{value * 100:.1f}%"
+    if column.style == "score":
+        return f"{value * 100:.2f}" if column.percent else f"{value:.2f}"
+    return str(value)
+
+
+def best_cells(table: Table) -> set[tuple[int, int]]:
+    """(row, column) of each score column's best shown value among the pruned models (ties all bold);
+    nothing is bold where fewer than two pruned models have a value."""
+    bold = set()
+    for index, column in enumerate(table.columns):
+        if column.best is None:
+            continue
+        contenders = [(number, row[index]) for number, (row, role) in enumerate(zip(table.rows, table.roles))
+                      if role != "base" and row[index] is not None]
+        if len(contenders) < 2:
+            continue
+        shown = {number: float(format_cell(column, value)) for number, value in contenders}
+        best = (max if column.best == "max" else min)(shown.values())
+        bold.update((number, index) for number, value in shown.items() if value == best)
+    return bold
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+
+def to_markdown(table: Table) -> str:
+    bold = best_cells(table)
+
+    def header(column: Column) -> str:
+        return column.title + (f" ({column.subtitle})" if column.subtitle else "")
+
+    def cell(number: int, index: int, value) -> str:
+        text = format_cell(table.columns[index], value).replace("|", "\\|")
+        return f"**{text}**" if (number, index) in bold else text
+
+    lines = ["| " + " | ".join(header(column).replace("|", "\\|") for column in table.columns) + " |",
+             "|" + "|".join(":---" if column.style == "text" else "---:" for column in table.columns) + "|"]
+    for number, row in enumerate(table.rows):
+        lines.append("| " + " | ".join(cell(number, index, value) for index, value in enumerate(row)) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(table.notes) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Plain numbers (exact parameter counts, ratios and scores as 0-1 fractions), for pandas."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["role"] + [column.key for column in table.columns])
+    for role, row in zip(table.roles, table.rows):
+        writer.writerow([role] + ["" if value is None else repr(value) if isinstance(value, float) else value
+                                  for value in row])
+    return stream.getvalue()
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(character, character) for character in str(text))
+
+
+def latex_cell(column: Column, value) -> str:
+    if value is None:
+        return "--"
+    text = latex_escape(format_cell(column, value))
+    if column.style in ("change", "score") and text.startswith("-"):
+        text = "$-$" + text[1:]  # a minus sign, not a hyphen
+    elif column.style == "change" and text.startswith("+"):
+        text = "$+$" + text[1:]
+    return text
+
+
+def to_latex(table: Table, label: str = "tab:pruned-models") -> str:
+    bold = best_cells(table)
+    columns = table.columns
+    spec = "".join("l" if column.style == "text" else "r" for column in columns)
+    title_row = " & ".join(latex_escape(column.title) for column in columns) + r" \\"
+    lines = [r"% Written by prunescope report. Needs \usepackage{booktabs}"
+             + (r" and \usepackage{graphicx} (the table is scaled to the text width)." if len(columns) > WIDE_TABLE
+                else "."),
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\caption{" + latex_escape(" ".join(table.notes)) + "}", r"\label{" + label + "}"]
+    tabular = [r"\begin{tabular}{@{}" + spec + "@{}}", r"\toprule", title_row]
+    if any(column.subtitle for column in columns):
+        tabular.append(" & ".join(r"{\scriptsize " + latex_escape(column.subtitle) + "}" if column.subtitle else ""
+                                  for column in columns) + r" \\")
+    tabular.append(r"\midrule")
+    for number, (row, role) in enumerate(zip(table.rows, table.roles)):
+        cells = []
+        for index, value in enumerate(row):
+            text = latex_cell(columns[index], value)
+            cells.append(r"\textbf{" + text + "}" if (number, index) in bold else text)
+        tabular.append(" & ".join(cells) + r" \\")
+        if role == "base" and number + 1 < len(table.rows):
+            tabular.append(r"\midrule")  # the reference apart from the contenders
+    tabular += [r"\bottomrule", r"\end{tabular}"]
+    if len(columns) > WIDE_TABLE:
+        tabular = [r"\resizebox{\linewidth}{!}{%"] + tabular + ["}"]
+    return "\n".join(lines + tabular + [r"\end{table}"]) + "\n"
+
+
+LAYER_FIELDS = ("layer_idx", "base_layer_idx", "total", "attention", "mlp", "norm", "shortcut", "other",
+                "num_heads", "num_kv_heads", "intermediate_size", "is_zero_layer", "sparsity",
+                "base_total", "base_attention", "base_mlp")
+
+
+def layers_csv(study: Study) -> str:
+    """Every model's layers in one long table (model, role, then the layer's fields), for pandas."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(("model", "role") + LAYER_FIELDS)
+    for model in study.models:
+        for layer in model.layers:
+            writer.writerow([model.name, model.role] + ["" if getattr(layer, field) is None else getattr(layer, field)
+                                                        for field in LAYER_FIELDS])
+    return stream.getvalue()
