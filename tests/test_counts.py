@@ -162,3 +162,15 @@ def test_head_dim_not_from_hidden_over_heads_when_config_updated(tmp_path):
     structure = analysed(tmp_path / "model", base_config=base.config.to_dict())
     assert structure["head_dim"] == 8
     assert_matches(structure, model, head_dim=8)
+
+
+def test_a_second_layer_stack_is_not_mixed_into_the_decoder(tmp_path):
+    # A multimodal checkpoint also has `...layers.N` tensors in its vision tower: they are not decoder layers.
+    model = builders.llama()
+    state = dict(model.state_dict())
+    vision = {f"vision_tower.encoder.layers.{i}.self_attn.q_proj.weight": torch.randn(8, 8) for i in range(2)}
+    torch.save({**state, **vision}, tmp_path / "multimodal.bin")
+    structure = analysed(tmp_path / "multimodal.bin", model.config.to_dict())
+    assert_matches({**structure, "total_params": structure["total_params"] - structure["other_params"]}, model)
+    assert structure["other_params"] == sum(tensor.numel() for tensor in vision.values())
+    assert sorted(structure["other_tensors"]) == sorted(vision)

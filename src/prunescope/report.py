@@ -68,6 +68,7 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "notes": list(structure.notes),
         "projection_names": structure.projection_names,
         "slicing": structure.slicing,
+        "layer_prefix": structure.layer_prefix,
         **_model_contents_fields(structure.contents),
     }
 
@@ -172,7 +173,7 @@ def structure_from_dict(data: dict) -> ModelStructure:
         dtypes=data["dtypes"], other_tensors=tuple(data["other_tensors"]), buffers=tuple(data["buffers"]),
         config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]),
         position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
-        slicing=data["slicing"],
+        slicing=data["slicing"], layer_prefix=data["layer_prefix"],
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
         if "nonzero_params" in data else None)
 

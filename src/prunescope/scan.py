@@ -228,7 +228,7 @@ class _Counter:
 
 def apply_contents(structure, contents: dict[str, TensorContents]):
     """The structure with nonzero counts, N:M patterns and structured zeros per projection, layer and model."""
-    from .structure import LAYER_NAME, LayerContents, ModelContents, _role, ATTENTION_ROLES, MLP_ROLES
+    from .structure import ATTENTION_ROLES, MLP_ROLES, LayerContents, ModelContents, _role
 
     layers = []
     compliant_model = {pattern: True for pattern in ("2:4", "4:8")}
@@ -236,9 +236,10 @@ def apply_contents(structure, contents: dict[str, TensorContents]):
         nonzero = {"attention": 0, "mlp": 0}
         per_projection: dict[str, int] = {}
         weights: dict[str, TensorContents] = {}
-        layer_names = [name for name in contents if _layer_of(name, LAYER_NAME) == layer.layer_idx]
+        start = f"{structure.layer_prefix}.{layer.layer_idx}."
+        layer_names = [name for name in contents if name.startswith(start)]
         for name in layer_names:
-            rest = LAYER_NAME.match(name)["rest"]
+            rest = name[len(start):]
             bucket, module = _role(rest)
             part = "attention" if bucket in ("attention", "attention_other", "qk_norm") else \
                 "mlp" if bucket in ("mlp", "mlp_other") else None
@@ -275,11 +276,6 @@ def apply_contents(structure, contents: dict[str, TensorContents]):
         tensors=tuple({"name": c.name, "numel": c.numel, "nonzero": c.nonzero} for c in contents.values()),
     )
     return structure.replace(layers=tuple(layers), contents=model_contents)
-
-
-def _layer_of(name: str, pattern) -> int | None:
-    match = pattern.match(name)
-    return int(match["index"]) if match else None
 
 
 def _projection_roles(layer):

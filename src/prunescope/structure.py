@@ -120,6 +120,7 @@ class ModelStructure(Record):
     # Schema name -> the family's own name, where they differ (e.g. o_proj -> out_proj).
     projection_names: dict = {}
     slicing: dict | None = None  # SliceGPT: the slicing configuration and how it matches the shapes
+    layer_prefix: str = ""  # the decoder stack's tensor names start with "<layer_prefix>.<layer_idx>."
     contents: ModelContents | None = None  # with --sparsity
 
     @property
@@ -146,13 +147,19 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
             counted.append(tensor)
     aliases = {tensor.name: tensor.alias_of for tensor in index.tensors if tensor.alias_of}
 
-    per_layer: dict[int, list[tuple[str, TensorInfo]]] = {}
-    outside: list[TensorInfo] = []
-    layer_prefix = ""
+    # The decoder stack is the `...layers.N` family holding most tensors; another one (a vision
+    # tower's encoder layers, say) is not decoder layers and goes to `other`.
+    stacks: dict[str, int] = {}
     for tensor in counted:
         match = LAYER_NAME.match(tensor.name)
         if match:
-            layer_prefix = match["prefix"]
+            stacks[match["prefix"]] = stacks.get(match["prefix"], 0) + 1
+    layer_prefix = max(stacks, key=stacks.get) if stacks else ""
+    per_layer: dict[int, list[tuple[str, TensorInfo]]] = {}
+    outside: list[TensorInfo] = []
+    for tensor in counted:
+        match = LAYER_NAME.match(tensor.name)
+        if match and match["prefix"] == layer_prefix:
             per_layer.setdefault(int(match["index"]), []).append((match["rest"], tensor))
         else:
             outside.append(tensor)
@@ -232,6 +239,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         notes=tuple(notes),
         position_embedding_params=positions,
         projection_names=names,
+        layer_prefix=layer_prefix,
     )
     assert structure.total_params == (embedding + positions + lm_head + final_norm + other
                                       + structure.total_layer_params), "buckets must add up to the total"
