@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 
+import common  # benchmarks/common.py: shared by both benchmarks
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # -----------------------------------------------------------------------------
@@ -66,41 +68,11 @@ MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's long-standing default "5GB"; gi
 NONZERO_PREFIX = b"\x3f" * 64  # real weights are nonzero: lets the zero-layer scan stop at its first read
 
 
-def llama_tensors(c):
-    """(name, shape) in state_dict order, which is the order save_pretrained fills shards in."""
-    h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    q = c["num_attention_heads"] * c["head_dim"]
-    kv = c["num_key_value_heads"] * c["head_dim"]
-    tensors = [("model.embed_tokens.weight", (v, h))]
-    for n in range(c["num_hidden_layers"]):
-        p = f"model.layers.{n}."
-        tensors += [
-            (p + "self_attn.q_proj.weight", (q, h)),
-            (p + "self_attn.k_proj.weight", (kv, h)),
-            (p + "self_attn.v_proj.weight", (kv, h)),
-            (p + "self_attn.o_proj.weight", (h, q)),
-            (p + "mlp.gate_proj.weight", (i, h)),
-            (p + "mlp.up_proj.weight", (i, h)),
-            (p + "mlp.down_proj.weight", (h, i)),
-            (p + "input_layernorm.weight", (h,)),
-            (p + "post_attention_layernorm.weight", (h,)),
-        ]
-    tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-    return tensors
-
-
-def numel(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def split_into_shards(tensors, max_bytes):
     """Greedy, in order, like huggingface_hub.split_torch_state_dict_into_shards."""
     shards, current, size = [], [], 0
     for name, shape in tensors:
-        nbytes = numel(shape) * BYTES_PER_PARAM
+        nbytes = common.numel(shape) * BYTES_PER_PARAM
         if current and size + nbytes > max_bytes:
             shards.append(current)
             current, size = [], 0
@@ -114,7 +86,7 @@ def write_safetensors(path, tensors):
     """A real safetensors header; the data is a hole except a few nonzero bytes at each tensor's start."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in sorted(tensors):  # safetensors lays data out by name (all one dtype here)
-        nbytes = numel(shape) * BYTES_PER_PARAM
+        nbytes = common.numel(shape) * BYTES_PER_PARAM
         header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -133,7 +105,7 @@ def write_safetensors(path, tensors):
 def build_shards(folder):
     """The 4 shard files, written once; every model folder hardlinks them. Returns (shard names, index)."""
     os.makedirs(folder)
-    tensors = llama_tensors(CONFIG)
+    tensors = common.llama_tensors(CONFIG)
     shards = split_into_shards(tensors, MAX_SHARD_BYTES)
     names, weight_map = [], {}
     for k, shard in enumerate(shards, 1):
@@ -141,7 +113,7 @@ def build_shards(folder):
         write_safetensors(os.path.join(folder, fname), shard)
         names.append(fname)
         weight_map.update((name, fname) for name, _ in shard)
-    total_size = sum(numel(s) for _, s in tensors) * BYTES_PER_PARAM
+    total_size = sum(common.numel(s) for _, s in tensors) * BYTES_PER_PARAM
     index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
     return names, index
 
@@ -160,26 +132,6 @@ def make_model(folder, shard_dir, shard_names, index):
 
 # -----------------------------------------------------------------------------
 # the measured children
-
-RUNNER_SCRIPT = '''
-import os, sys  # nothing else: this process's own RSS is the floor of what it measures
-# Spawns the measured command and reads its own rusage with os.wait4. This small process is the
-# parent on purpose: on Linux a child's ru_maxrss never reads below its parent's RSS at spawn time
-# (the address space it starts from), so spawning from the benchmark itself (bigger: argparse,
-# subprocess, tempfile...) would inflate the small children. Here the floor is a bare interpreter's.
-# Prints one line "cpu_seconds peak_mb" per counted run.
-log, repeat, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-for k in range(repeat + 1):  # run 0 warms the page cache and .pyc files and is not counted
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    pid = os.posix_spawn(cmd[0], cmd, os.environ,
-                         file_actions=[(os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)])
-    os.close(fd)
-    _, status, ru = os.wait4(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"exit status {os.waitstatus_to_exitcode(status)}")
-    if k:
-        print(ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)  # ru_maxrss is in KB on Linux
-'''
 
 BARE_SCRIPT = '''
 import json, os, sys
@@ -215,21 +167,11 @@ print(json.dumps({"total_params": total, "num_parameters": model.num_parameters(
 
 def measure(label, cmd, repeat, root, env=None):
     """Median CPU seconds (user+sys) and peak RSS (MB) of `cmd` over `repeat` runs, plus its last output."""
-    runner, log = os.path.join(root, "scripts", "runner.py"), os.path.join(root, "child.log")
-    result = subprocess.run([sys.executable, runner, log, str(repeat)] + cmd, capture_output=True, text=True, env=env)
-    with open(log) as f:
-        out = f.read()
-    if result.returncode != 0:
-        sys.exit(f"measurement failed: {' '.join(cmd)}\n{result.stderr}{out[-3000:]}")
-    runs = [[float(x) for x in line.split()] for line in result.stdout.splitlines()]
-    cpu = statistics.median(r[0] for r in runs)
-    rss = statistics.median(r[1] for r in runs)
-    print(f"  {label:<10} cpu {cpu:8.3f} s   peak {rss:7.1f} MB   (runs: {', '.join(f'{r[0]:.3f}' for r in runs)})")
+    runs, out = common.measure(root, cmd, warmup=1, repeat=repeat, env=env)  # run 0 warms caches
+    cpu = statistics.median(r[1] for r in runs)
+    rss = statistics.median(r[2] for r in runs)
+    print(f"  {label:<10} cpu {cpu:8.3f} s   peak {rss:7.1f} MB   (runs: {', '.join(f'{r[1]:.3f}' for r in runs)})")
     return {"cpu": cpu, "rss": rss, "out": out}
-
-
-def last_json_line(text):
-    return json.loads(text.strip().splitlines()[-1])
 
 
 # -----------------------------------------------------------------------------
@@ -267,7 +209,7 @@ def run(args, root):
     make_model(one_model, shard_dir, shard_names, index)
     for k in range(args.models):
         make_model(os.path.join(batch_dir, f"llama-3-8b-{k:03d}"), shard_dir, shard_names, index)
-    expected = sum(numel(s) for _, s in llama_tensors(CONFIG))
+    expected = sum(common.numel(s) for _, s in common.llama_tensors(CONFIG))
     sizes = [os.path.getsize(os.path.join(shard_dir, n)) for n in shard_names]
     on_disk = sum(os.stat(os.path.join(shard_dir, n)).st_blocks * 512 for n in shard_names)
     print(f"checkpoint: Llama-3-8B shape, {expected:,} parameters, {len(sizes)} shards "
@@ -279,7 +221,8 @@ def run(args, root):
     # measure: the helper scripts are written next to the data, each child run through runner.py
     scripts = os.path.join(root, "scripts")
     os.makedirs(scripts)
-    for name, text in [("runner.py", RUNNER_SCRIPT), ("bare.py", BARE_SCRIPT), ("tf_meta.py", TF_META_SCRIPT)]:
+    common.write_runner(root)
+    for name, text in [("bare.py", BARE_SCRIPT), ("tf_meta.py", TF_META_SCRIPT)]:
         with open(os.path.join(scripts, name), "w") as f:
             f.write(text)
     py = sys.executable
@@ -296,7 +239,7 @@ def run(args, root):
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     # fill that cache for the runner itself once: compiling raises its RSS, which would become the
     # floor of its children's ru_maxrss (see runner.py)
-    subprocess.run([py, os.path.join(scripts, "runner.py"), os.path.join(root, "child.log"), "0", py, "-c", "pass"],
+    subprocess.run([py, os.path.join(scripts, "runner.py"), os.path.join(root, "child.log"), "1", "0", py, "-c", "pass"],
                    env=env, check=True, capture_output=True)
 
     m = {}
@@ -321,7 +264,7 @@ def run(args, root):
     with open(os.path.join(root, "out_batch", "batch_analysis_results.json")) as f:
         batch = json.load(f)
     checks = [
-        (f"bare script total_params == {expected:,}", last_json_line(m["bare"]["out"])["total_params"] == expected),
+        (f"bare script total_params == {expected:,}", common.last_json_line(m["bare"]["out"])["total_params"] == expected),
         (f"prunescope model_structure.json total_params == {expected:,}", structure["total_params"] == expected),
         ("prunescope: 32 layers, none flagged all-zero",
          len(structure["layers"]) == 32 and not any(layer["is_zero_layer"] for layer in structure["layers"])),
@@ -330,7 +273,7 @@ def run(args, root):
              r["status"] == "analysed" and not r["reused"] and r["total_params"] == expected for r in batch["models"])),
     ]
     if "tf" in m:
-        tf = last_json_line(m["tf"]["out"])
+        tf = common.last_json_line(m["tf"]["out"])
         checks.append((f"transformers meta sum(numel) == num_parameters() == {expected:,}",
                        tf["total_params"] == expected and tf["num_parameters"] == expected))
     for what, ok in checks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -11,15 +12,25 @@ import time
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that command's arguments are set up (start-up time counts)."""
     parser = argparse.ArgumentParser(
-        prog="prunescope",
+        prog="prunescope", formatter_class=_formatter,
         description="Exact structure analysis of pruned LLM checkpoints, read from the files: no GPU, "
                     "no model loading, no checkpoint code run.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (text, add_arguments) in COMMANDS.items():
-        subparser = commands.add_parser(name, help=text)
+        subparser = commands.add_parser(name, help=text, formatter_class=_formatter)
         if command in (None, name):
             add_arguments(subparser)
     return parser
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width given: left to find it, argparse imports shutil for it,
+    which costs a tenth of a whole analysis's start-up."""
+    try:
+        width = os.get_terminal_size().columns - 2
+    except OSError:
+        width = 78
+    return argparse.HelpFormatter(prog, width=width)
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:

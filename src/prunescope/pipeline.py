@@ -9,6 +9,7 @@ import json
 import os
 
 from . import __version__
+from .compare import Comparison
 from .contents import measure_layers
 from .discover import Checkpoint, ModelEntry, examine
 from .readers import read_tensor_index

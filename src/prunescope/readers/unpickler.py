@@ -231,7 +231,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     # -- storages ------------------------------------------------------------------------
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) in (5, 6):
-            storage_type, key, _location, numel = pid[1], pid[2], pid[3], pid[4]
+            storage_type, key, numel = pid[1], pid[2], pid[4]  # pid[3]: the device it was saved from
             view = pid[5] if len(pid) == 6 else None
             if (isinstance(storage_type, _StorageType) and type(key) in (str, int) and _natural(numel)
                     and (view is None or _valid_view(view))):
