@@ -22,12 +22,10 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 
 import common  # benchmarks/common.py: shared by both benchmarks
 
@@ -184,20 +182,7 @@ def main():
     parser.add_argument("--strict", action="store_true", help="exit nonzero if a target is missed")
     args = parser.parse_args()
 
-    # benchmarks/_data/ is git-ignored; hardlinks need shards and model folders on one file system
-    os.makedirs(os.path.join(HERE, "_data"), exist_ok=True)
-    root = tempfile.mkdtemp(prefix="bench-", dir=os.path.join(HERE, "_data"))
-    try:
-        failed = run(args, root)
-    finally:
-        if args.keep:
-            print(f"\nkept: {root}")
-        else:
-            shutil.rmtree(root)
-            if not os.listdir(os.path.join(HERE, "_data")):
-                os.rmdir(os.path.join(HERE, "_data"))
-    if args.strict and failed:
-        sys.exit(1)
+    common.run_in_data_dir("bench-", run, args)
 
 
 def run(args, root):

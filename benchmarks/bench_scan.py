@@ -27,11 +27,9 @@ import json
 import os
 import random
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import common  # benchmarks/common.py: shared by both benchmarks
@@ -283,20 +281,7 @@ def main():
         if importlib.util.find_spec(module) is None:
             sys.exit(f"{module} is needed to build the checkpoint and measure torch's counts")
 
-    # benchmarks/_data/ is git-ignored
-    os.makedirs(os.path.join(HERE, "_data"), exist_ok=True)
-    root = tempfile.mkdtemp(prefix="bench-scan-", dir=os.path.join(HERE, "_data"))
-    try:
-        failed = run(args, root)
-    finally:
-        if args.keep:
-            print(f"\nkept: {root}")
-        else:
-            shutil.rmtree(root)
-            if not os.listdir(os.path.join(HERE, "_data")):
-                os.rmdir(os.path.join(HERE, "_data"))
-    if args.strict and failed:
-        sys.exit(1)
+    common.run_in_data_dir("bench-scan-", run, args)
 
 
 def run(args, root):

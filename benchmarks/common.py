@@ -2,8 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def llama_tensors(c):
@@ -79,3 +83,22 @@ def measure(root, cmd, warmup=0, repeat=1, env=None):
 
 def last_json_line(text):
     return json.loads(text.strip().splitlines()[-1])
+
+
+def run_in_data_dir(prefix, run, args):
+    """run(args, root) in a fresh folder under benchmarks/_data/ (git-ignored; one file system, so
+    hardlinks work), removed afterwards unless --keep; exits 1 on failure with --strict."""
+    data = os.path.join(HERE, "_data")
+    os.makedirs(data, exist_ok=True)
+    root = tempfile.mkdtemp(prefix=prefix, dir=data)
+    try:
+        failed = run(args, root)
+    finally:
+        if args.keep:
+            print(f"\nkept: {root}")
+        else:
+            shutil.rmtree(root)
+            if not os.listdir(data):
+                os.rmdir(data)
+    if args.strict and failed:
+        sys.exit(1)
