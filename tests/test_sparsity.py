@@ -188,3 +188,34 @@ def test_cuda_scan_matches_torch(tmp_path):
     model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
     structure = scanned(tmp_path / "model", engine_device="cuda")
     assert_counts(structure, model.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("width", [64, 36, 30])  # packed-bits path (multiple of 8), 4-groups only, neither
+@pytest.mark.parametrize("packed_bits", [True, False], ids=["numpy2", "numpy1"])
+def test_count_block_against_torch(monkeypatch, width, packed_bits):
+    import numpy as np
+
+    from prunescope.scan import count_block
+
+    if not packed_bits and hasattr(np, "bitwise_count"):
+        monkeypatch.delattr(np, "bitwise_count")  # the numpy < 2 way
+    elif packed_bits and not hasattr(np, "bitwise_count"):
+        pytest.skip("numpy < 2")
+    generator = torch.Generator().manual_seed(width)
+    weight = torch.randn(50, width, generator=generator).to(torch.bfloat16)
+    weight[torch.rand(50, width, generator=generator) < 0.45] = -0.0
+    weight[:, 3] = 0  # a dead input column
+    weight[7] = 0  # a dead output row
+    bits = weight.view(torch.int16).numpy().view(np.uint16)
+    nonzero, groups, row_counts, columns = count_block(bits, signed_float=True)
+    zero = weight == 0
+    assert nonzero == int((~zero).sum())
+    assert row_counts.tolist() == (~zero).sum(dim=1).tolist()
+    assert columns.tolist() == (~zero).any(dim=0).tolist()
+    for zeros, size in ((2, 4), (4, 8)):
+        key = f"{zeros}:{size}"
+        if width % size:
+            assert key not in groups
+            continue
+        compliant = int((zero.view(50, -1, size).sum(dim=-1) >= zeros).sum())
+        assert groups[key] == compliant, key

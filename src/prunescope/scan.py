@@ -175,6 +175,18 @@ def count_block(values, signed_float: bool):
         columns = np.full(width, dense, dtype=bool)
         return count, groups, row_counts, columns
     groups = {}
+    if width % 8 == 0 and hasattr(np, "bitwise_count"):  # numpy >= 2
+        # Pack the mask to bits (8 consecutive inputs per byte, first input in the lowest bit) and count
+        # set bits per byte and per nibble: an eighth of the data to touch.
+        packed = np.packbits(nonzero_mask, axis=1, bitorder="little")
+        per8 = np.bitwise_count(packed)
+        low4 = np.bitwise_count(packed & np.uint8(0x0F))
+        groups["2:4"] = rows * (width // 4) - int(np.count_nonzero(low4 > 2)) - \
+            int(np.count_nonzero((per8 - low4) > 2))
+        groups["4:8"] = rows * (width // 8) - int(np.count_nonzero(per8 > 4))
+        row_counts = per8.sum(axis=1, dtype=np.int64)
+        columns = np.unpackbits(np.bitwise_or.reduce(packed, axis=0), bitorder="little")[:width].astype(bool)
+        return count, groups, row_counts, columns
     row_counts = None
     if width % 4 == 0:
         # Nonzeros per group of 4 bools at once: a uint32 times 0x01010101 sums its bytes in the top byte.
