@@ -24,7 +24,9 @@ class Change(Record):
     def reduction_ratio(self) -> float | None:
         if self.reduced is None:
             return None
-        return self.reduced / self.original if self.original else 0.0
+        if not self.original:
+            return 0.0 if not self.pruned else None  # a part the base did not have: no ratio to give
+        return self.reduced / self.original
 
 
 class LayerComparison(Record):
@@ -40,7 +42,7 @@ class LayerComparison(Record):
 
 
 class LayerMatching(Record):
-    method: str  # "index" or "layer_idx"
+    method: str  # "index", "layer_idx" or "content"
     note: str
     removed_original_layers: tuple[int, ...] = ()  # base layers no pruned layer is paired with
 

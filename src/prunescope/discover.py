@@ -12,9 +12,9 @@ IGNORED_DIRS = {"analysis", ".git", "__pycache__", ".cache", "node_modules"}
 # JSON files that travel with models but are not model configs.
 NOT_CONFIGS = {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
                "added_tokens.json", "preprocessor_config.json", "adapter_config.json", "trainer_state.json"}
-# torch files written beside models by trainers and optimisers: not models.
-NOT_MODEL_FILES = {"training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state.pth",
-                   "adapter_model.bin"}
+# Files written beside models by trainers, optimisers and PEFT: not models (fnmatch patterns).
+NOT_MODEL_FILES = ("training_args.bin", "optimizer*", "scheduler*", "scaler*", "rng_state*", "*optim_states*",
+                   "adapter_model.*", "adapter_config.json")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 MAX_DEPTH = 4
 
@@ -85,7 +85,7 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
     """Checkpoints below `root` (symlinks followed, loops skipped), and if none, why not."""
     checkpoints: list[Checkpoint] = []
     seen: set[str] = set()
-    saw_results = saw_config = False
+    saw_results = saw_config = saw_adapter = False
     pending = [(root, 0)]
     while pending:
         folder, depth = pending.pop(0)
@@ -104,9 +104,13 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
         saw_config = saw_config or config is not None
         saw_results = saw_results or any(_looks_like_results(folder, name) for name in files if name.endswith(".json"))
         hf_weights = _hf_weights(folder, files)
-        if config is not None and hf_weights:
-            checkpoints.append(Checkpoint("huggingface", folder, hf_weights, config))
-            continue  # a saved model folder: what is below it (e.g. trainer checkpoints) is not this model
+        if hf_weights and (config is not None or hf_weights[0].endswith(".index.json")):
+            # A saved model folder (or shards with their index but no config: still one model). What is
+            # below it (e.g. trainer checkpoints) is not this model.
+            kind = "huggingface" if config is not None else "safetensors" if ".safetensors" in hf_weights[0] else "torch"
+            checkpoints.append(Checkpoint(kind, folder, hf_weights, config))
+            continue
+        saw_adapter = saw_adapter or any(name.startswith("adapter_model.") for name in files)
         for name in files:
             checkpoint = _file_checkpoint(os.path.join(folder, name), folder, files, config)
             if checkpoint is not None:
@@ -115,7 +119,9 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
             pending.extend((os.path.join(folder, name), depth + 1) for name in names
                            if name not in IGNORED_DIRS and not name.startswith(".")
                            and os.path.isdir(os.path.join(folder, name)))
-    if saw_results:
+    if saw_adapter:
+        reason = "a PEFT/LoRA adapter only (no model weights): analyse the merged model"
+    elif saw_results:
         reason = "no model files (only evaluation results)"
     elif saw_config:
         reason = "config.json without weight files"
@@ -130,7 +136,7 @@ def _hf_weights(folder: str, files: list[str]) -> tuple[str, ...]:
                                 ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
         if index_name in files:
             return (os.path.join(folder, index_name),)
-        matches = [name for name in files if fnmatch.fnmatch(name, pattern)]
+        matches = [name for name in files if fnmatch.fnmatch(name, pattern) and not _not_a_model(name)]
         if matches:
             return tuple(os.path.join(folder, name) for name in matches)
     return ()
@@ -138,7 +144,7 @@ def _hf_weights(folder: str, files: list[str]) -> tuple[str, ...]:
 
 def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpoint | None:
     name = os.path.basename(path)
-    if name in NOT_MODEL_FILES:
+    if _not_a_model(name):
         return None
     if name.endswith(".safetensors") and files is None:
         config = _model_config(folder or ".", os.listdir(folder or "."))
@@ -153,6 +159,10 @@ def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpo
     if slicing in files and _is_slicing_config(os.path.join(folder, slicing)):
         return Checkpoint("slicegpt", path, (path,), config, os.path.join(folder, slicing))
     return Checkpoint("torch", path, (path,), config)
+
+
+def _not_a_model(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in NOT_MODEL_FILES)
 
 
 def _model_config(folder: str, files: list[str]) -> str | None:

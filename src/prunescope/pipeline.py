@@ -77,10 +77,24 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
     for path in paths:
         try:
             info = os.stat(path)
-            files.append({"path": os.path.abspath(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
+            files.append({"path": os.path.realpath(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
         except OSError:
-            files.append({"path": os.path.abspath(path), "size": None, "mtime_ns": None})
+            files.append({"path": os.path.realpath(path), "size": None, "mtime_ns": None})
     return {"prunescope_version": __version__, "files": files}
+
+
+def config_digest(config: dict | None) -> str | None:
+    """A short checksum of a config, to tell whether an analysis used the same base config."""
+    if not config:
+        return None
+    import zlib
+
+    return f"{zlib.crc32(json.dumps(config, sort_keys=True, default=str).encode()):08x}"
+
+
+def _depends_on_base(structure: ModelStructure) -> bool:
+    # Only head_dim can come from the base config (when the model's own config does not give it).
+    return structure.head_dim_source.startswith("base config") or structure.head_dim_source == "unknown"
 
 
 class ScanOptions(Record):
@@ -94,10 +108,18 @@ class ScanOptions(Record):
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
                        scan: ScanOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
-    source = fingerprint(checkpoint)
+    source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
     index = read_tensor_index(checkpoint.weight_files)
     config = load_config(checkpoint.config_file) or index.embedded_config
-    structure = interpret(index, name, config, base_config)
+    try:
+        structure = interpret(index, name, config, base_config)
+    except CheckpointError as error:
+        if not index.findings:
+            raise
+        # Not a model we recognise, but what its pickle asked for must still reach the user.
+        found = ", ".join(dict.fromkeys(finding.what for finding in index.findings))
+        raise CheckpointError(error.path, f"{error.problem}; SECURITY: it references {found} (nothing was run)",
+                              error.hint) from None
     if checkpoint.kind == "slicegpt":
         slicing = load_config(checkpoint.slicing_config) or {}
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
@@ -162,12 +184,21 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
         return ModelResult(entry, "skipped", entry.skip_reason)
     primary, fallback = analysis_dirs(entry, output_dir)
     try:
-        analysis, reused = None, False
+        analysis, found_in = None, None
         if not force:
-            analysis = _reuse(entry, primary) or _reuse(entry, fallback)
-            if analysis is not None and scan is not None and analysis.structure.contents is None:
-                analysis = None  # reused only if it already holds what --sparsity asks for
-            reused = analysis is not None
+            base_config = base.config if base else None
+            for folder in (primary, fallback):
+                analysis = _reuse(entry, folder, base_config)
+                if analysis is not None and scan is not None and analysis.structure.contents is None:
+                    analysis = None  # reused only if it already holds what --sparsity asks for
+                if analysis is not None:
+                    found_in = folder
+                    break
+        reused = analysis is not None
+        if reused and base is None:
+            # Nothing new to say: the files on disk (and a comparison an earlier run made against a base)
+            # stay as they are, one coherent set.
+            return ModelResult(entry, "analysed", "", analysis, None, found_in, True)
         if analysis is None:
             analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan)
         comparison = None
@@ -186,10 +217,12 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
     except OSError:
         try:
             written = write_analysis(fallback, analysis, comparison, reused)
-        except OSError as error:
-            return ModelResult(entry, "error", f"{fallback}: cannot write the analysis: {error.strerror or error} "
-                                               "(choose a writable --output_dir)")
+        except Exception as error:  # noqa: BLE001 - one line for this model; the batch goes on
+            return ModelResult(entry, "error", f"{fallback}: cannot write the analysis: "
+                                               f"{getattr(error, 'strerror', None) or error} (choose a writable --output_dir)")
         notes.append(f"model folder not writable: analysis written to {fallback}")
+    except Exception as error:  # noqa: BLE001
+        return ModelResult(entry, "error", f"{primary}: cannot write the analysis: {type(error).__name__}: {error}")
     return ModelResult(entry, "analysed", "", analysis, comparison, written, reused, tuple(notes))
 
 
@@ -211,15 +244,20 @@ def write_analysis(folder: str, analysis: ModelAnalysis, comparison: Comparison 
     return folder
 
 
-def _reuse(entry: ModelEntry, folder: str) -> ModelAnalysis | None:
-    """The analysis on disk, if it was made by this version from the same, unchanged files."""
+def _reuse(entry: ModelEntry, folder: str, base_config: dict | None) -> ModelAnalysis | None:
+    """The analysis on disk, if this version made it from the same, unchanged files (and, where the
+    base config decided something, from the same base config)."""
     path = os.path.join(folder, STRUCTURE_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-        if data.get("source") != fingerprint(entry.checkpoint) or data.get("model_name") != entry.name:
+        source = data.get("source") or {}
+        current = fingerprint(entry.checkpoint)
+        if any(source.get(key) != value for key, value in current.items()) or data.get("model_name") != entry.name:
             return None
         structure = structure_from_dict(data)
+        if _depends_on_base(structure) and source.get("base_config") != config_digest(base_config):
+            return None
         findings = tuple(SecurityFinding(**finding) for finding in data.get("security_findings", []))
         return ModelAnalysis(structure, entry.checkpoint, data["checkpoint"]["format"],
                              load_config(entry.checkpoint.config_file), findings, data["source"])

@@ -26,7 +26,8 @@ def write_atomic(path: str, content: str | bytes) -> None:
             with open(temporary, "xb") as stream:
                 stream.write(content)
         else:
-            with open(temporary, "x", encoding="utf-8") as stream:
+            # backslashreplace: a folder name that is not valid UTF-8 must not abort the batch.
+            with open(temporary, "x", encoding="utf-8", errors="backslashreplace") as stream:
                 stream.write(content)
         os.replace(temporary, path)
     except BaseException:
@@ -348,8 +349,12 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
     if structure.config_mismatches:
         lines += ["", "The config disagrees with the tensor shapes (the shapes are used):"]
         for mismatch in structure.config_mismatches:
-            where = f" in layers {mismatch['layers']}" if mismatch["layers"] else ""
-            lines.append(f"  {mismatch['field']}: config {mismatch['config']}, actual {mismatch['actual']}{where}")
+            per_layer = mismatch.get("per_layer")
+            if per_layer:
+                shapes = ", ".join(f"layer {idx}: {value}" for idx, value in per_layer.items())
+            else:
+                shapes = str(mismatch["actual"])
+            lines.append(f"  {mismatch['field']}: config {mismatch['config']}; shapes: {shapes}")
     if structure.slicing and structure.slicing["mismatches"]:
         lines += ["", "The slicing configuration disagrees with the shapes (the shapes are used):"]
         lines += [f"  {m}" for m in structure.slicing["mismatches"]]

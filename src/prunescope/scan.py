@@ -106,8 +106,7 @@ def _chunks(tensor: TensorInfo):
     if rows == 0 or width == 0:
         return []
     if len(tensor.shape) == 1:
-        # A long vector: split it into pieces of whole groups, as rows of a matrix would be.
-        return [(tensor, 0, 1)]
+        return [(tensor, 0, 1)]  # vectors (norms, biases) are small: one chunk
     step = max(1, CHUNK_BYTES // max(1, width * tensor.itemsize))
     return [(tensor, start, min(step, rows - start)) for start in range(0, rows, step)]
 

@@ -92,6 +92,7 @@ class LayerStructure(Record):
     # mlp_input, mlp_output; empty when the layer has no shortcut matrices.
     widths: dict = {}
     fingerprint: str | None = None  # hash of sampled contents: equal for a layer kept verbatim
+    residual_width: int | None = None  # rows of the attention output projection; not part of the report
     contents: LayerContents | None = None  # with --sparsity
     # Names of the attention and MLP parameters, for the content stage; not part of the report.
     content_tensors: tuple[str, ...] = ()
@@ -146,6 +147,8 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         elif tensor.alias_of is None:
             counted.append(tensor)
     aliases = {tensor.name: tensor.alias_of for tensor in index.tensors if tensor.alias_of}
+    counted, aliases = _embedding_first(counted, aliases, index)
+    _refuse_quantized(index, config)
 
     # The decoder stack is the `...layers.N` family holding most tensors; another one (a vision
     # tower's encoder layers, say) is not decoder layers and goes to `other`.
@@ -171,6 +174,9 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
             "supported: " + ", ".join(SUPPORTED_FAMILIES))
 
     notes: list[str] = []
+    if model_type and model_type not in SUPPORTED_FAMILIES:
+        notes.append(f"family {model_type!r} is not one prunescope knows: tensors it cannot place (experts, "
+                     "routers, ...) are counted in each layer's `other`; totals stay exact")
     head_dim, head_dim_source = _head_dim(config, base_config, per_layer, index, notes)
     prefix = _class_prefix(config, model_type) or _class_prefix_from_modules(index.module_classes)
     names: dict[str, str] = {}
@@ -217,6 +223,9 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
             notes.append("no lm_head tensor although the config says the embeddings are not tied")
         else:
             tied = True
+    elif lm_head_seen and embedding_tensor is not None and config.get("tie_word_embeddings") is True:
+        notes.append("the config says tie_word_embeddings, but the file holds a separate lm_head tensor: both are "
+                     "counted (loading it with transformers would tie them and count one)")
     lm_head_params = embedding_tensor.numel if tied and embedding_tensor is not None else lm_head
 
     structure = ModelStructure(
@@ -229,7 +238,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         final_norm_params=final_norm,
         other_params=other,
         layers=tuple(layers),
-        hidden_size=embedding_tensor.shape[1] if embedding_tensor is not None and len(embedding_tensor.shape) == 2 else None,
+        hidden_size=_hidden_size(layers, embedding_tensor),
         vocab_size=embedding_tensor.shape[0] if embedding_tensor is not None else None,
         head_dim=head_dim,
         head_dim_source=head_dim_source,
@@ -244,6 +253,43 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     assert structure.total_params == (embedding + positions + lm_head + final_norm + other
                                       + structure.total_layer_params), "buckets must add up to the total"
     return _with_mismatches(structure, config)
+
+
+def _embedding_first(counted: list[TensorInfo], aliases: dict, index: TensorIndex):
+    """When a tied lm_head came first in the file (sorted state dicts), count the tensor as the
+    embedding and the lm_head as its alias, which is how every model ties them."""
+    by_name = {tensor.name: tensor for tensor in index.tensors}
+    for name, target in list(aliases.items()):
+        if name.endswith("embed_tokens.weight") and "lm_head" in target.split("."):
+            embedding = by_name[name].replace(alias_of=None)
+            counted = [embedding if tensor.name == target else tensor for tensor in counted]
+            aliases = {**{key: value for key, value in aliases.items() if key != name}, target: name}
+    return counted, aliases
+
+
+QUANTIZED_TENSOR = re.compile(r"\.(?:qweight|qzeros|g_idx|scales|absmax|quant_map|quant_state\.[\w.]+|SCB|weight_format)$")
+
+
+def _refuse_quantized(index: TensorIndex, config: dict) -> None:
+    """Packed low-bit weights have shapes that are not parameter counts: refuse, rather than report nonsense."""
+    quantization = config.get("quantization_config")
+    packed = next((tensor.name for tensor in index.tensors if QUANTIZED_TENSOR.search(tensor.name)), None)
+    if quantization or packed:
+        method = (quantization or {}).get("quant_method") if isinstance(quantization, dict) else None
+        what = method or (packed and f"tensor {packed}")
+        raise CheckpointError(index.files[0], f"quantized checkpoint ({what}): packed weights' shapes are not "
+                                              "parameter counts", "analyse the unquantized (or dequantized) model")
+
+
+def _hidden_size(layers, embedding_tensor) -> int | None:
+    """The width of the residual stream: what the attention writes back (o_proj rows), which is the
+    embedding width too, except where an embedding projection sits between them (OPT-350m)."""
+    for layer in layers:
+        if layer.residual_width:
+            return layer.residual_width
+    if embedding_tensor is not None and len(embedding_tensor.shape) == 2:
+        return embedding_tensor.shape[1]
+    return None
 
 
 def _role(rest: str) -> tuple[str, str]:
@@ -340,6 +386,7 @@ def _layer(layer_idx, tensors, head_dim, prefix, classes, config, names, notes) 
     return LayerStructure(
         layer_idx=layer_idx, total=attention.total + mlp.total + buckets["norm"] + buckets["shortcut"] + buckets["other"],
         attention=attention, mlp=mlp, norm=buckets["norm"], other=buckets["other"], shortcut=buckets["shortcut"],
+        residual_width=_first_rows(weights, ("o_proj", "out_proj", "dense")),
         widths=widths, content_tensors=tuple(content))
 
 
@@ -388,7 +435,8 @@ def _qkv_rows(total_rows, head_dim, config, layer_idx, notes):
 
 
 def _head_dim(config, base_config, per_layer, index: TensorIndex, notes) -> tuple[int | None, str]:
-    """The first candidate that divides every layer's q and k rows, in order of trust."""
+    """The first candidate that divides every layer's q and k rows, in order of trust: what a file
+    states or measures (head_dim, q/k norm widths, rotary frequencies) before ratios of sizes."""
     candidates: list[tuple[object, str]] = [(config.get("head_dim"), "config head_dim")]
     for tensors in per_layer.values():
         for rest, tensor in tensors:
@@ -398,27 +446,47 @@ def _head_dim(config, base_config, per_layer, index: TensorIndex, notes) -> tupl
         else:
             continue
         break
+    if (config.get("partial_rotary_factor") or 1) == 1:  # partial rotary: inv_freq covers part of a head
+        for tensor in index.tensors:
+            if tensor.name.endswith("inv_freq") and tensor.shape:
+                candidates.append((2 * tensor.shape[0], "rotary inv_freq length"))
+                break
     if base_config:
         candidates.append((base_config.get("head_dim"), "base config head_dim"))
         candidates.append((_ratio(base_config), "base config hidden_size/num_attention_heads"))
     candidates.append((_ratio(config), "config hidden_size/num_attention_heads"))
-    for tensor in index.tensors:
-        if tensor.name.endswith("inv_freq") and tensor.shape:
-            candidates.append((2 * tensor.shape[0], "rotary inv_freq length"))
-            break
-    rows = [tensor.shape[0] for tensors in per_layer.values() for rest, tensor in tensors
-            if rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.qkv_proj.weight")
-            and tensor.shape]
+    q_rows = [tensor.shape[0] for tensors in per_layer.values() for rest, tensor in tensors
+              if rest in ("self_attn.q_proj.weight", "self_attn.qkv_proj.weight") and tensor.shape]
+    rows = q_rows + [tensor.shape[0] for tensors in per_layer.values() for rest, tensor in tensors
+                     if rest == "self_attn.k_proj.weight" and tensor.shape]
     rejected = []
     for value, source in candidates:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             if all(row % value == 0 for row in rows):
                 if rejected:
                     notes.append(f"head_dim from {source}; rejected {', '.join(rejected)} (does not divide the q/k rows)")
+                if source == "config hidden_size/num_attention_heads" and not _fits_config(per_layer, config, value):
+                    # hidden/heads is right for an unpruned config; with pruned, updated head counts it
+                    # is not (hidden_size stays), and a stale config cannot say which.
+                    notes.append(f"head_dim {value} is a guess from hidden_size/num_attention_heads, which pruning "
+                                 "may have changed: give --base_model or set head_dim in config.json to be sure")
                 return value, source
             rejected.append(f"{value} from {source}")
     notes.append("head_dim unknown: heads cannot be counted (give a config.json or --base_model)")
     return None, "unknown"
+
+
+def _fits_config(per_layer, config: dict, head_dim: int) -> bool:
+    """Whether every layer's q (or fused qkv) rows are what the config's head counts say."""
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads") or heads
+    for tensors in per_layer.values():
+        for rest, tensor in tensors:
+            if rest == "self_attn.q_proj.weight" and tensor.shape[0] != heads * head_dim:
+                return False
+            if rest == "self_attn.qkv_proj.weight" and tensor.shape[0] != (heads + 2 * kv_heads) * head_dim:
+                return False
+    return True
 
 
 def _ratio(config: dict) -> int | None:
@@ -468,21 +536,25 @@ def _with_mismatches(structure: ModelStructure, config: dict) -> ModelStructure:
     def check(field_name, configured, actual_by_layer):
         if not isinstance(configured, int) or isinstance(configured, bool):
             return
-        differing = [layer_idx for layer_idx, value in actual_by_layer if value is not None and value != configured]
+        differing = {layer_idx: value for layer_idx, value in actual_by_layer if value is not None and value != configured}
         if differing:
-            values = sorted({value for _, value in actual_by_layer if value is not None})
+            values = sorted(set(differing.values()))
             mismatches.append({"field": field_name, "config": configured,
-                               "actual": values[0] if len(values) == 1 else values, "layers": differing})
+                               "actual": values[0] if len(values) == 1 else values, "layers": sorted(differing),
+                               "per_layer": {str(idx): value for idx, value in sorted(differing.items())}})
 
     if isinstance(config.get("num_hidden_layers"), int) and config["num_hidden_layers"] != len(layers):
         mismatches.append({"field": "num_hidden_layers", "config": config["num_hidden_layers"],
                            "actual": len(layers), "layers": []})
     heads = config.get("num_attention_heads")
-    check("num_attention_heads", heads, [(layer.layer_idx, layer.attention.num_heads) for layer in layers])
-    check("num_key_value_heads", config.get("num_key_value_heads", heads),
-          [(layer.layer_idx, layer.attention.num_kv_heads) for layer in layers])
-    check("intermediate_size", config.get("intermediate_size"),
-          [(layer.layer_idx, layer.mlp.intermediate_size) for layer in layers])
+    # Layers whose attention or MLP prunescope could not place (unknown families) say nothing here.
+    with_attention = [layer for layer in layers if layer.attention.total]
+    with_mlp = [layer for layer in layers if layer.mlp.total]
+    check("num_attention_heads", heads, [(layer.layer_idx, layer.attention.num_heads) for layer in with_attention])
+    check("num_key_value_heads", config.get("num_key_value_heads") or heads,
+          [(layer.layer_idx, layer.attention.num_kv_heads) for layer in with_attention])
+    check("intermediate_size", config.get("intermediate_size") or config.get("ffn_dim"),
+          [(layer.layer_idx, layer.mlp.intermediate_size) for layer in with_mlp])
     for field_name, actual in (("hidden_size", structure.hidden_size), ("vocab_size", structure.vocab_size)):
         configured = config.get(field_name)
         if isinstance(configured, int) and actual is not None and configured != actual:

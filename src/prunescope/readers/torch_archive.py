@@ -23,7 +23,12 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_PICKLE_BYTES = 1 << 30  # data.pkl of a whole 70B model with its tokenizer is a few MB
 CHILD_MEMORY_BYTES = 2 << 30  # address space a reading child may add to what it inherits
 # CPU seconds a reading child may spend: reading the pickle of a whole 70B model takes about one.
-CHILD_CPU_SECONDS = int(os.environ.get("PRUNESCOPE_PICKLE_CPU_SECONDS", "60"))
+def _cpu_seconds() -> int:
+    text = os.environ.get("PRUNESCOPE_PICKLE_CPU_SECONDS", "60")
+    return int(text) if text.isdigit() and int(text) > 0 else 60
+
+
+CHILD_CPU_SECONDS = _cpu_seconds()
 MAX_MODULES = 1_000_000
 MAX_CONFIG_NODES = 100_000
 

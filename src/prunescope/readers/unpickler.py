@@ -9,7 +9,6 @@ nothing but record the arguments.
 
 from __future__ import annotations
 
-import io
 import pickle
 from ..records import Record
 
@@ -330,9 +329,3 @@ for _name in ("_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_ten
               "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_numpy", "_rebuild_xla_tensor",
               "_rebuild_mtia_tensor", "_rebuild_device_tensor_from_cpu_tensor"):
     _REBUILDERS[("torch._utils", _name)] = _unsupported_tensor
-
-
-def restricted_load(data: bytes, source: str) -> tuple[object, RestrictedUnpickler]:
-    """Unpickle `data` into inert objects; returns the object and the unpickler (storages, findings)."""
-    unpickler = RestrictedUnpickler(io.BytesIO(data), source)
-    return unpickler.load(), unpickler
