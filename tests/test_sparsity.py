@@ -207,7 +207,8 @@ def test_count_block_against_torch(monkeypatch, width, packed_bits):
     weight[:, 3] = 0  # a dead input column
     weight[7] = 0  # a dead output row
     bits = weight.view(torch.int16).numpy().view(np.uint16)
-    nonzero, groups, row_counts, columns = count_block(bits, signed_float=True)
+    nonzero, groups, row_counts, columns = count_block(bits, signed_float=True, per_row_groups=True)
+    _, totals, _, _ = count_block(bits, signed_float=True)
     zero = weight == 0
     assert nonzero == int((~zero).sum())
     assert row_counts.tolist() == (~zero).sum(dim=1).tolist()
@@ -217,5 +218,26 @@ def test_count_block_against_torch(monkeypatch, width, packed_bits):
         if width % size:
             assert key not in groups
             continue
-        compliant = int((zero.view(50, -1, size).sum(dim=-1) >= zeros).sum())
-        assert groups[key] == compliant, key
+        compliant_per_row = (zero.view(50, -1, size).sum(dim=-1) >= zeros).sum(dim=1)
+        assert groups[key].tolist() == compliant_per_row.tolist(), key
+        assert totals[key] == int(compliant_per_row.sum()), key
+
+
+def test_phi3_fused_projections_get_their_own_nm_and_zero_rows(tmp_path):
+    from test_families import phi3
+
+    model = phi3()
+    wanda_nm_(model, 2, 4)
+    with torch.no_grad():  # one query head zeroed in place inside the fused qkv_proj
+        model.model.layers[0].self_attn.qkv_proj.weight[:8] = 0
+    model.save_pretrained(tmp_path / "model")
+    structure = scanned(tmp_path / "model")
+    assert structure["nm_sparsity"] == "2:4"
+    layer = structure["layers"][0]
+    qkv = model.model.layers[0].self_attn.qkv_proj.weight
+    q_rows = model.config.num_attention_heads * 8
+    assert layer["attention"]["q_proj_nonzero"] == int((qkv[:q_rows] != 0).sum())
+    assert layer["attention"]["q_proj_nm"] == {"2:4": 1.0, "4:8": 1.0}
+    assert layer["attention"]["q_proj_zero_rows"] == 8
+    gate_up = model.model.layers[0].mlp.gate_up_proj.weight
+    assert layer["mlp"]["up_proj_nonzero"] == int((gate_up[gate_up.shape[0] // 2:] != 0).sum())

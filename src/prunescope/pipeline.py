@@ -141,7 +141,10 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> Mo
         bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors), unit="B", unit_scale=True,
                    desc=f"scanning {structure.model_name}", leave=False)
     try:
-        contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None)
+        # Fused projections (Phi-3) are split into q/k/v and gate/up by rows: count their groups per row.
+        fused = frozenset(t.name for t in tensors if t.name.endswith(("qkv_proj.weight", "gate_up_proj.weight")))
+        contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None,
+                                per_row_groups=fused)
     finally:
         if bar is not None:
             bar.close()

@@ -32,6 +32,8 @@ class TensorContents(Record):
     nm_groups: dict
     row_nonzero: object = None  # numpy array: nonzero count per output row (matrices only)
     column_nonzero: object = None  # numpy bool array: any nonzero per input column (matrices only)
+    # "2:4" -> numpy array: per output row, its groups with at least 2 zeros (to split fused projections).
+    row_compliant: dict = {}
 
     @property
     def zero_rows(self) -> int | None:
@@ -62,10 +64,12 @@ def choose_device(requested: str) -> str:
 
 
 def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | None = None,
-                 progress=None, engine: str | None = None) -> dict[str, TensorContents]:
+                 progress=None, engine: str | None = None, per_row_groups=frozenset()) -> dict[str, TensorContents]:
     """Contents of every tensor, keyed by name. `progress(bytes)` is called as bytes are counted.
-    The engine is numpy on the CPU and torch on CUDA devices; tests run the torch engine on the CPU."""
-    jobs = [job for tensor in tensors for job in _chunks(tensor)]
+    The engine is numpy on the CPU and torch on CUDA devices; tests run the torch engine on the CPU.
+    Tensors named in `per_row_groups` get their N:M groups counted per row (fused projections, which
+    are split into parts by rows afterwards)."""
+    jobs = [job + (tensor.name in per_row_groups,) for tensor in tensors for job in _chunks(tensor)]
     counters = {tensor.name: _Counter(tensor) for tensor in tensors}
     if (engine or ("numpy" if device == "cpu" else "torch")) == "torch":
         from .scan_torch import count_chunks_torch
@@ -132,7 +136,7 @@ def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
 
 
 def _count_job(job):
-    tensor, start_row, rows = job
+    tensor, start_row, rows, per_row_groups = job
     import numpy as np
 
     first, span, (row_stride, column_stride) = _chunk_layout(tensor, start_row, rows)
@@ -147,15 +151,16 @@ def _count_job(job):
         _, width = _rows_and_width(tensor)
         values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first - aligned,
                             strides=(row_stride * item, column_stride * item))
-        result = count_block(values, tensor.dtype in FLOAT_DTYPES)
+        result = count_block(values, tensor.dtype in FLOAT_DTYPES, per_row_groups)
         del values
     finally:
         mapped.close()  # unmapping keeps resident memory bounded by the chunks in flight
     return tensor, start_row, rows, result
 
 
-def count_block(values, signed_float: bool):
-    """(nonzero, {pattern: compliant groups}, row nonzero counts, column any-nonzero) of a rows x width block."""
+def count_block(values, signed_float: bool, per_row_groups: bool = False):
+    """(nonzero, {pattern: compliant groups}, row nonzero counts, column any-nonzero) of a rows x width
+    block; with `per_row_groups`, the compliant groups come per row (a numpy array), which costs more."""
     import numpy as np
 
     if signed_float:
@@ -169,7 +174,8 @@ def count_block(values, signed_float: bool):
     if count == 0 or count == nonzero_mask.size:
         # Dense and empty blocks (the common cases) are decided without looking further.
         dense = count != 0
-        groups = {f"{n}:{m}": (0 if dense else rows * (width // m)) for n, m in PATTERNS if width % m == 0}
+        groups = {f"{n}:{m}": np.full(rows, 0 if dense else width // m, dtype=np.int64) if per_row_groups
+                  else (0 if dense else rows * (width // m)) for n, m in PATTERNS if width % m == 0}
         row_counts = np.full(rows, width if dense else 0, dtype=np.int64)
         columns = np.full(width, dense, dtype=bool)
         return count, groups, row_counts, columns
@@ -180,9 +186,9 @@ def count_block(values, signed_float: bool):
         packed = np.packbits(nonzero_mask, axis=1, bitorder="little")
         per8 = np.bitwise_count(packed)
         low4 = np.bitwise_count(packed & np.uint8(0x0F))
-        groups["2:4"] = rows * (width // 4) - int(np.count_nonzero(low4 > 2)) - \
-            int(np.count_nonzero((per8 - low4) > 2))
-        groups["4:8"] = rows * (width // 8) - int(np.count_nonzero(per8 > 4))
+        over = {"2:4": (low4 > 2, (per8 - low4) > 2), "4:8": (per8 > 4,)}
+        for pattern, masks in over.items():
+            groups[pattern] = _compliant(masks, width // int(pattern.split(":")[1]), rows, per_row_groups)
         row_counts = per8.sum(axis=1, dtype=np.int64)
         columns = np.unpackbits(np.bitwise_or.reduce(packed, axis=0), bitorder="little")[:width].astype(bool)
         return count, groups, row_counts, columns
@@ -192,15 +198,24 @@ def count_block(values, signed_float: bool):
         per4 = nonzero_mask.view(np.uint32)
         per4 = np.multiply(per4, np.uint32(0x01010101))
         np.right_shift(per4, 24, out=per4)
-        groups["2:4"] = int(per4.size - np.count_nonzero(per4 > 2))
+        groups["2:4"] = _compliant((per4 > 2,), width // 4, rows, per_row_groups)
         if width % 8 == 0:
             per8 = per4[:, 0::2] + per4[:, 1::2]
-            groups["4:8"] = int(per8.size - np.count_nonzero(per8 > 4))
+            groups["4:8"] = _compliant((per8 > 4,), width // 8, rows, per_row_groups)
         row_counts = per4.sum(axis=1, dtype=np.int64)
     if row_counts is None:
         row_counts = nonzero_mask.sum(axis=1, dtype=np.int64)
     columns = np.logical_or.reduce(nonzero_mask, axis=0)
     return count, groups, row_counts, columns
+
+
+def _compliant(breaking_masks, groups_per_row: int, rows: int, per_row: bool):
+    """Groups that comply, from masks of the groups that break the pattern: per row or in total."""
+    import numpy as np
+
+    if per_row:
+        return groups_per_row - sum(np.count_nonzero(mask, axis=1) for mask in breaking_masks)
+    return rows * groups_per_row - sum(int(np.count_nonzero(mask)) for mask in breaking_masks)
 
 
 class _Counter:
@@ -209,7 +224,8 @@ class _Counter:
     def __init__(self, tensor: TensorInfo):
         self.tensor = tensor
         self.nonzero = 0
-        self.groups: dict[str, int] = {}
+        self.groups: dict = {}  # pattern -> per-row compliant groups (when asked for)
+        self.totals: dict = {}  # pattern -> compliant groups
         self.rows = self.columns = None
 
     def add(self, start_row: int, rows: int, result) -> None:
@@ -217,21 +233,28 @@ class _Counter:
 
         nonzero, groups, row_counts, columns = result
         self.nonzero += nonzero
+        if len(self.tensor.shape) != 2:
+            return  # vectors: only their nonzeros matter
+        total_rows, width = _rows_and_width(self.tensor)
+        if self.rows is None:
+            self.rows = np.zeros(total_rows, dtype=np.int64)
+            self.columns = np.zeros(width, dtype=bool)
+        self.rows[start_row:start_row + rows] = row_counts
+        self.columns |= columns
         for pattern, compliant in groups.items():
-            self.groups[pattern] = self.groups.get(pattern, 0) + compliant
-        if len(self.tensor.shape) == 2:
-            total_rows, width = _rows_and_width(self.tensor)
-            if self.rows is None:
-                self.rows = np.zeros(total_rows, dtype=np.int64)
-                self.columns = np.zeros(width, dtype=bool)
-            self.rows[start_row:start_row + rows] = row_counts
-            self.columns |= columns
+            if isinstance(compliant, int):
+                self.totals[pattern] = self.totals.get(pattern, 0) + compliant
+            else:
+                self.groups.setdefault(pattern, np.zeros(total_rows, dtype=np.int64))[start_row:start_row + rows] = \
+                    compliant
 
     def freeze(self) -> TensorContents:
         total_rows, width = _rows_and_width(self.tensor)
-        groups = {f"{n}:{m}": (self.groups[f"{n}:{m}"], total_rows * (width // m))
-                  for n, m in PATTERNS if f"{n}:{m}" in self.groups and len(self.tensor.shape) == 2}
-        return TensorContents(self.tensor.name, self.tensor.numel, self.nonzero, groups, self.rows, self.columns)
+        totals = {**self.totals, **{pattern: int(per_row.sum()) for pattern, per_row in self.groups.items()}}
+        groups = {pattern: (compliant, total_rows * (width // int(pattern.split(":")[1])))
+                  for pattern, compliant in totals.items()}
+        return TensorContents(self.tensor.name, self.tensor.numel, self.nonzero, groups, self.rows, self.columns,
+                              dict(self.groups))
 
 
 # -- from tensor contents to the model's structure ---------------------------------------------
@@ -302,26 +325,29 @@ def _complies(contents: TensorContents, pattern: str) -> bool:
 
 
 def _split_fused_nonzero(layer, weights: dict, per_projection: dict) -> None:
-    """Phi-3's qkv_proj / gate_up_proj: nonzeros per part from the per-row counts (bias not split)."""
-    import numpy as np
-
-    head_dim_rows = None
+    """Phi-3's qkv_proj / gate_up_proj: nonzeros, N:M groups and zero rows per part, from the per-row
+    counts (input columns are shared by the parts, so zero columns stay with the fused weight; a fused
+    bias is not split)."""
+    parts = {}
     if "qkv_proj" in weights and layer.attention.num_heads is not None and layer.attention.num_kv_heads is not None:
-        rows = weights.pop("qkv_proj").row_nonzero
-        per_projection.pop("qkv_proj", None)
         heads, kv_heads = layer.attention.num_heads, layer.attention.num_kv_heads
-        head_dim_rows = len(rows) // (heads + 2 * kv_heads)
-        q, k = heads * head_dim_rows, kv_heads * head_dim_rows
-        for role, part in (("q_proj", rows[:q]), ("k_proj", rows[q:q + k]), ("v_proj", rows[q + k:])):
-            per_projection[role] = int(np.sum(part))
-            weights[role] = TensorContents(role, 0, int(np.sum(part)), {}, part, None)
+        rows = len(weights["qkv_proj"].row_nonzero)
+        head_rows = rows // (heads + 2 * kv_heads)
+        q, k = heads * head_rows, kv_heads * head_rows
+        parts["qkv_proj"] = (("q_proj", 0, q), ("k_proj", q, q + k), ("v_proj", q + k, rows))
     if "gate_up_proj" in weights:
-        rows = weights.pop("gate_up_proj").row_nonzero
-        per_projection.pop("gate_up_proj", None)
-        half = len(rows) // 2
-        for role, part in (("gate_proj", rows[:half]), ("up_proj", rows[half:])):
-            per_projection[role] = int(np.sum(part))
-            weights[role] = TensorContents(role, 0, int(np.sum(part)), {}, part, None)
+        rows = len(weights["gate_up_proj"].row_nonzero)
+        parts["gate_up_proj"] = (("gate_proj", 0, rows // 2), ("up_proj", rows // 2, rows))
+    for fused, pieces in parts.items():
+        whole = weights.pop(fused)
+        per_projection.pop(fused, None)
+        width_groups = {pattern: total // max(1, len(whole.row_nonzero)) for pattern, (_, total) in whole.nm_groups.items()}
+        for role, start, end in pieces:
+            row_nonzero = whole.row_nonzero[start:end]
+            groups = {pattern: (int(per_row[start:end].sum()), (end - start) * width_groups[pattern])
+                      for pattern, per_row in whole.row_compliant.items()}
+            per_projection[role] = int(row_nonzero.sum())
+            weights[role] = TensorContents(role, 0, per_projection[role], groups, row_nonzero, None)
 
 
 def _effective_sizes(layer, weights: dict, head_dim: int | None) -> dict:

@@ -29,12 +29,12 @@ def count_chunks_torch(jobs, layout, device: str = "cuda"):
             host = pending.result()
             if number + 1 < len(jobs):
                 pending = reader.submit(_read, jobs[number + 1], layout, device)  # read ahead
-            tensor, start_row, rows = job
-            yield tensor, start_row, rows, _count(tensor, rows, host, device)
+            tensor, start_row, rows, per_row_groups = job
+            yield tensor, start_row, rows, _count(tensor, rows, host, device, per_row_groups)
 
 
 def _read(job, layout, device):
-    tensor, start_row, rows = job
+    tensor, start_row, rows, _ = job
     first, span, strides = layout(tensor, start_row, rows)
     buffer = torch.empty(span, dtype=torch.uint8, pin_memory=device.startswith("cuda"))
     with open(tensor.file, "rb") as handle:
@@ -46,7 +46,7 @@ def _read(job, layout, device):
     return buffer, strides
 
 
-def _count(tensor, rows, host, device):
+def _count(tensor, rows, host, device, per_row_groups):
     buffer, (row_stride, column_stride) = host
     item = tensor.itemsize
     width = tensor.shape[-1] if tensor.shape else 1
@@ -61,7 +61,9 @@ def _count(tensor, rows, host, device):
     for zeros, size in ((2, 4), (4, 8)):
         if width % size == 0:
             per_group = nonzero_mask.view(rows, width // size, size).sum(dim=-1)
-            groups[f"{zeros}:{size}"] = int((per_group <= size - zeros).sum())
+            complying = per_group <= size - zeros
+            groups[f"{zeros}:{size}"] = complying.sum(dim=1).cpu().numpy().astype(np.int64) if per_row_groups \
+                else int(complying.sum())
     row_counts = nonzero_mask.sum(dim=1).cpu().numpy().astype(np.int64)
     columns = nonzero_mask.any(dim=0).cpu().numpy()
     return count, groups, row_counts, columns
