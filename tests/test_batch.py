@@ -279,3 +279,44 @@ def test_slicegpt_is_recognised_not_mistaken(tmp_path):
     run_cli("analyze", "--models_dir", str(models), "--output_dir", str(out))
     record = load(out / "batch_analysis_results.json")["models"][0]
     assert record["kind"] == "slicegpt"
+
+
+def test_models_given_by_path_alone_and_listed_once(batch):
+    tmp_path, models, built, _ = batch
+    out = tmp_path / "out"
+    magnitude = str(models / "Magnitude_5000")
+    result = run_cli("analyze", "--model", magnitude, "--model", magnitude + "/", "--output_dir", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = load(out / "batch_analysis_results.json")["models"]
+    assert [record["name"] for record in records] == ["Magnitude_5000"]
+    assert records[0]["total_params"] == built["Magnitude_5000"].num_parameters()
+    assert run_cli("analyze", "--output_dir", str(out)).returncode == 2  # neither a folder nor a model
+
+
+def test_a_base_of_another_family_is_questioned(tmp_path):
+    base = builders.qwen2()
+    base.save_pretrained(tmp_path / "base")
+    builders.llama(hidden_size=32, num_attention_heads=2, num_key_value_heads=1).save_pretrained(tmp_path / "m" / "x")
+    result = run_cli("inspect", str(tmp_path / "m" / "x"), "--base_model", str(tmp_path / "base"), "--json")
+    comparison = json.loads(result.stdout)["comparison"]
+    assert any("qwen2 model" in warning for warning in comparison["warnings"])
+    assert any("hidden size 32" in warning for warning in comparison["warnings"])
+    text = run_cli("inspect", str(tmp_path / "m" / "x"), "--base_model", str(tmp_path / "base")).stdout
+    assert "is this the right base?" in text
+
+
+def test_inspect_shows_base_layers_and_heads_zeroed_in_place(tmp_path):
+    base = builders.llama(num_hidden_layers=5)
+    base.save_pretrained(tmp_path / "base")
+    pruned = builders.llama(num_hidden_layers=5)
+    pruned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        pruned.model.layers[0].self_attn.q_proj.weight[:16] = 0
+        pruned.model.layers[0].self_attn.o_proj.weight[:, :16] = 0
+    builders.remove_layers(pruned, [1, 3])
+    pruned.save_pretrained(tmp_path / "pruned")
+    text = run_cli("inspect", str(tmp_path / "pruned"), "--base_model", str(tmp_path / "base"), "--sparsity",
+                   "--device", "cpu").stdout
+    table = text[text.index("layer  base"):].splitlines()
+    assert [line.split()[:2] for line in table[2:5]] == [["0", "0"], ["1", "2"], ["2", "4"]]
+    assert table[2].split()[8] == "3/4"  # the heads column: one of four heads zeroed in place

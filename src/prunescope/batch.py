@@ -17,7 +17,7 @@ BATCH_FILE = "batch_analysis_results.json"
 SUMMARY_FILE = "models_summary.json"
 
 
-def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = "baselines_analysis/",
+def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
               out=None, sparsity: bool = False, device: str = "auto") -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
@@ -26,7 +26,7 @@ def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = 
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
     say(RULE)
-    say(f"Scanning model folder: {models_dir}")
+    say(f"Scanning model folder: {models_dir}" if models_dir else "Scanning the models given with --model")
     say(RULE)
     say()
     try:
@@ -52,9 +52,12 @@ def run_batch(models_dir: str, base_model: str | None = None, output_dir: str = 
     say(f"  - skipped: {sum(1 for entry in entries if entry.skip_reason)}")
     if any(entry.error for entry in entries):
         say(f"  - errors: {sum(1 for entry in entries if entry.error)}")
+    if not entries:
+        say("  ⚠ nothing found" + (" matching --include/--exclude" if include or exclude else "")
+            + ": check --models_dir (each entry directly under it is one model)")
     say()
     say(RULE)
-    say(f"Analysing models ({len(found)})")
+    say(f"Analysing {len(found)} model(s) ({len(entries)} entries)")
     say(RULE)
 
     scan = None
@@ -156,6 +159,8 @@ def _status_line(number: int, total: int, result: ModelResult) -> str:
         text += f", {reduction(result.comparison.total_params.reduction_ratio)} vs base"
         if result.comparison.nonzero_params is not None:
             text += f" ({reduction(result.comparison.nonzero_params.reduction_ratio)} nonzero)"
+        for warning in result.comparison.warnings:
+            text += f"\n    ⚠ is this the right base? {warning}"
     text += f" -> {result.analysis_dir}" + (" (up to date, reused)" if result.reused else "")
     for finding in result.analysis.findings:
         text += f"\n    ⚠ SECURITY {finding.line()}"
@@ -252,6 +257,8 @@ def closing_table(results: list[ModelResult]) -> str:
                 notes.append(f"removed base layers {removed} (matched by content)")
             else:
                 notes.append(f"base layers {removed} unmatched; paired by {matching.method} (a guess)")
+        if result.comparison is not None and result.comparison.warnings:
+            notes.append("⚠ base differs: " + "; ".join(result.comparison.warnings))
         if result.reused:
             notes.append("reused")
         change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"
@@ -273,11 +280,22 @@ def _next_steps(models_dir: str, output_dir: str, merged: bool, results: list[Mo
         lines += [f"{step}. Fix the {len(errors)} model(s) marked ✗ above (details in "
                   f"{os.path.join(output_dir, BATCH_FILE)}), then run the same command again.", ""]
         step += 1
+    where = f"--models_dir {models_dir}" if models_dir else "--model ..."
     if not merged:
         lines += [f"{step}. Merge all results:",
-                  f"   prunescope analyze --models_dir {models_dir} --merge_results --output_dir {output_dir}", ""]
+                  f"   prunescope analyze {where} --merge_results --output_dir {output_dir}", ""]
         step += 1
     analysed = [result for result in results if result.status == "analysed"]
+    if analysed and all(result.comparison is None for result in analysed):
+        lines += [f"{step}. Compare every model with the unpruned one:",
+                  f"   prunescope analyze {where} --base_model /path/to/base --output_dir {output_dir}", ""]
+        step += 1
+    if analysed and all(result.analysis.structure.contents is None for result in analysed):
+        lines += [f"{step}. Count zeros too (Wanda, SparseGPT, 2:4, heads zeroed in place): add --sparsity", ""]
+        step += 1
+    lines += [f"{step}. Tables, plots and an HTML report for the paper:",
+              f"   prunescope report --output_dir {output_dir}", ""]
+    step += 1
     if analysed:
         lines += [f"{step}. Look at one model layer by layer:",
                   f"   prunescope inspect {analysed[0].analysis.checkpoint.path}", ""]

@@ -51,8 +51,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models_dir", "--models-dir", dest="models_dir", required=True,
-                        help="folder with one model per entry (symlinks are followed)")
+    parser.add_argument("--models_dir", "--models-dir", dest="models_dir",
+                        help="folder with one model per entry (symlinks are followed); or give --model paths")
     parser.add_argument("--base_model", "--base-model", dest="base_model", help="the unpruned model, for comparisons")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="baselines_analysis/",
                         help="where batch results go (default: %(default)s)")
@@ -100,6 +100,8 @@ def _run(argv: list[str]) -> int:
     if args.command == "analyze":
         from .batch import run_batch
 
+        if not args.models_dir and not args.model:
+            build_parser("analyze").error("give --models_dir, or --model PATH (repeatable), or both")
         status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                            merge=args.merge_results, force=args.force, include=args.include,
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
@@ -141,12 +143,16 @@ def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bo
     except CheckpointError as error:
         print(f"error: {error.line()}", file=sys.stderr)
         return 1
+    comparison = compare(base.structure, analysis.structure) if base else None
     if as_json:
+        from .report import comparison_to_dict
+
         data = structure_to_dict(analysis.structure)
         data["security_findings"] = [finding.line() for finding in analysis.findings]
+        if comparison is not None:
+            data["comparison"] = comparison_to_dict(comparison)
         print(json.dumps(data, indent=2))
         return 0
-    comparison = compare(base.structure, analysis.structure) if base else None
     print(structure_summary(analysis.structure, comparison, analysis.checkpoint.kind,
                             [finding.line() for finding in analysis.findings], analysis.checkpoint.path))
     return 0

@@ -58,6 +58,7 @@ class Comparison(Record):
     layers: tuple[LayerComparison, ...]
     layer_matching: LayerMatching
     nonzero_params: Change | None = None  # when both models' contents were scanned
+    warnings: tuple[str, ...] = ()  # reasons to doubt that this base is the model's base
 
 
 def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
@@ -74,7 +75,21 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
         layer_matching=matching,
         nonzero_params=Change(base.contents.nonzero_params, pruned.contents.nonzero_params)
         if base.contents is not None and pruned.contents is not None else None,
+        warnings=_doubts(base, pruned),
     )
+
+
+def _doubts(base: ModelStructure, pruned: ModelStructure) -> tuple[str, ...]:
+    """A comparison with the wrong base still gives numbers; say when the two do not look related."""
+    doubts = []
+    if base.family != pruned.family and "unknown" not in (base.family, pruned.family):
+        doubts.append(f"the base is a {base.family} model, this one a {pruned.family} model")
+    if pruned.slicing is None and None not in (base.hidden_size, pruned.hidden_size) \
+            and base.hidden_size != pruned.hidden_size:
+        doubts.append(f"hidden size {pruned.hidden_size} differs from the base's {base.hidden_size}")
+    if None not in (base.vocab_size, pruned.vocab_size) and base.vocab_size != pruned.vocab_size:
+        doubts.append(f"vocabulary {pruned.vocab_size} differs from the base's {base.vocab_size}")
+    return tuple(doubts)
 
 
 def match_layers(base_layers, pruned_layers):

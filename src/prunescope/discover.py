@@ -40,11 +40,12 @@ class ModelEntry(Record):
         return "error" if self.error else "skipped" if self.skip_reason else "found"
 
 
-def discover_models(models_dir: str, include=(), exclude=(), extra_models=()) -> list[ModelEntry]:
-    """One or more entries per item directly under `models_dir`, plus any `extra_models` paths."""
+def discover_models(models_dir: str | None, include=(), exclude=(), extra_models=()) -> list[ModelEntry]:
+    """One or more entries per item directly under `models_dir`, plus any `extra_models` paths; the
+    same checkpoint reached twice (a --model inside --models_dir, two symlinks) is listed once."""
     entries: list[ModelEntry] = []
     names = sorted(name for name in os.listdir(models_dir)
-                   if not name.startswith(".") and name not in IGNORED_DIRS)
+                   if not name.startswith(".") and name not in IGNORED_DIRS) if models_dir else []
     for name in names:
         if include and not any(fnmatch.fnmatch(name, pattern) for pattern in include):
             continue
@@ -53,7 +54,13 @@ def discover_models(models_dir: str, include=(), exclude=(), extra_models=()) ->
         entries.extend(examine(os.path.join(models_dir, name), name))
     for path in extra_models:
         entries.extend(examine(path, os.path.basename(os.path.normpath(path))))
-    return entries
+    unique, seen = [], set()
+    for entry in entries:
+        key = os.path.realpath(entry.checkpoint.path) if entry.checkpoint else ("entry", entry.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(entry)
+    return unique
 
 
 def examine(path: str, name: str) -> list[ModelEntry]:

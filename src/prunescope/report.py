@@ -212,6 +212,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
         "num_layers": _change(comparison.num_layers),
         "layer_matching": {"method": matching.method, "note": matching.note,
                            "removed_original_layers": list(matching.removed_original_layers)},
+        "warnings": list(comparison.warnings),
     }
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
@@ -253,20 +254,39 @@ def value_range(values) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def layer_table(structure: ModelStructure) -> str:
+def layer_table(structure: ModelStructure, comparison: Comparison | None = None) -> str:
+    """One row per layer. With a comparison, which base layer each was paired with; with a content scan,
+    nonzeros, sparsity, and heads / MLP channels left once those zeroed in place are discounted."""
     sliced = any(layer.shortcut for layer in structure.layers)
-    header = ("layer", "total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
-    rows = [header + (("shortcut",) if sliced else ()) + ("zero",)]
+    scanned = any(layer.contents is not None for layer in structure.layers)
+    base_of = {layer.layer_idx: layer.original_layer_idx for layer in comparison.layers} if comparison else {}
+    header = (("layer",) + (("base",) if comparison else ())
+              + ("total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
+              + (("shortcut",) if sliced else ()) + (("nonzero", "sparsity") if scanned else ()) + ("zero",))
+    rows = [header]
     for layer in structure.layers:
-        attention, mlp = layer.attention, layer.mlp
-        rows.append((
-            str(layer.layer_idx), human(layer.total), human(attention.total), human(attention.q_proj),
-            human(attention.k_proj), human(attention.v_proj), human(attention.o_proj),
-            _text(attention.num_heads), _text(attention.num_kv_heads), human(mlp.total), human(mlp.gate_proj),
-            human(mlp.up_proj), human(mlp.down_proj), _text(mlp.intermediate_size), human(layer.norm))
+        attention, mlp, contents = layer.attention, layer.mlp, layer.contents
+        heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), _text(mlp.intermediate_size)
+        if contents is not None:  # "3/4": heads whose weights are all zero are not counted as left
+            heads = _effective(contents.effective_heads, attention.num_heads)
+            kv_heads = _effective(contents.effective_kv_heads, attention.num_kv_heads)
+            inter = _effective(contents.effective_intermediate_size, mlp.intermediate_size)
+        rows.append(
+            (str(layer.layer_idx),) + ((_text(base_of.get(layer.layer_idx)),) if comparison else ())
+            + (human(layer.total), human(attention.total), human(attention.q_proj), human(attention.k_proj),
+               human(attention.v_proj), human(attention.o_proj), heads, kv_heads, human(mlp.total),
+               human(mlp.gate_proj), human(mlp.up_proj), human(mlp.down_proj), inter, human(layer.norm))
             + ((human(layer.shortcut),) if sliced else ())
+            + ((human(contents.nonzero), f"{(1 - contents.nonzero / layer.total) * 100 if layer.total else 0:.1f}%")
+               if scanned and contents is not None else ("-", "-") if scanned else ())
             + ({True: "yes", False: "", None: "?"}[layer.is_zero_layer],))
     return format_table(rows)
+
+
+def _effective(left: int | None, total: int | None) -> str:
+    if left is None or total is None or left == total:
+        return _text(total)
+    return f"{left}/{total}"
 
 
 def _text(value) -> str:
@@ -346,6 +366,8 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
             lines.append(f"  nonzero: {nonzero.original:,} -> {nonzero.pruned:,}  ({reduction(nonzero.reduction_ratio)})")
         if comparison.layer_matching.removed_original_layers:
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
+        for warning in comparison.warnings:
+            lines.append(f"  ⚠ is this the right base? {warning}")
     if structure.config_mismatches:
         lines += ["", "The config disagrees with the tensor shapes (the shapes are used):"]
         for mismatch in structure.config_mismatches:
@@ -363,5 +385,5 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
     if findings:
         lines += ["", "SECURITY: the pickle references code no checkpoint needs (nothing was run):"]
         lines += [f"  {finding}" for finding in findings]
-    lines += ["", layer_table(structure), ""]
+    lines += ["", layer_table(structure, comparison), ""]
     return "\n".join(lines)
