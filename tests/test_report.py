@@ -334,6 +334,27 @@ def test_metric_choice_tasks_and_subtasks_can_be_chosen(report):
     assert [(column.task, column.metric) for column in board.columns] == [("piqa", "acc_norm"), ("arc_easy", "acc")]
     board, _ = build_scoreboard(scores, show_subtasks=True)
     assert "mmlu_abstract_algebra" in [column.task for column in board.columns]
+    _, problems = build_scoreboard(scores, parse_metric_choices(["f1"]))  # a metric nobody reports
+    assert len(problems) == 1 and "--metric f1" in problems[0]
+
+
+def test_slicegpt_shortcuts_get_a_column_so_that_the_parts_add_up(tmp_path):
+    from test_slicegpt import write_slicegpt
+
+    import builders
+
+    base = builders.llama()
+    write_slicegpt(tmp_path / "models" / "SliceGPT", "llama_0.25", base, "llama", 48)
+    assert run_batch(str(tmp_path / "models"), output_dir=str(tmp_path / "out"), out=io.StringIO()) == 0
+    assert run_report(str(tmp_path / "out"), formats=("csv",), out=io.StringIO()) == 0
+    structure = json.loads((tmp_path / "models" / "SliceGPT" / "analysis" / "model_structure.json").read_text())
+    with open(tmp_path / "out" / "tables" / "summary.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    shortcuts = sum(layer["shortcut"] for layer in structure["layers"])
+    assert int(row["other_params"]) == shortcuts + structure["other_params"] > 0
+    norms = structure["final_norm_params"] + sum(layer["norm"] for layer in structure["layers"])
+    parts = sum(int(row[column]) for column in ("attention_params", "mlp_params", "embedding_params", "other_params"))
+    assert parts + norms == structure["total_params"] == int(row["total_params"])
 
 
 def test_reading_both_layouts_and_the_newest_file_per_task(tmp_path):

@@ -287,6 +287,11 @@ def build_scoreboard(scores: dict, choice: MetricChoice | None = None, tasks: tu
     else:
         subtasks = {task for per_model in scores.values() for task, result in per_model.items() if result.is_subtask}
         shown = sorted(task for task in every_task if show_subtasks or task not in subtasks)
+    everything = {metric for per_model in scores.values() for result in per_model.values() for metric in result.metrics}
+    for preferred in choice.preference:
+        if preferred not in everything and preferred.split(",", 1)[0] not in {key.split(",", 1)[0] for key in everything}:
+            problems.append(f"--metric {preferred}: no results have it (available: {', '.join(sorted(everything))}); "
+                            "using the defaults")
     columns, values = [], {name: {} for name in scores}
     for task in shown:
         results = [per_model[task] for per_model in scores.values() if task in per_model]

@@ -537,5 +537,7 @@ def adopt_results_only(folders: list, rows: list[ModelRow], base: ModelRow | Non
         if base is not None and os.path.isdir(base_results):
             results.setdefault(base.name, []).extend(read_all(find_results_files(base_results), problems))
         else:
-            problems.append(f"--base_results {base_results}: no such results folder (nor a base model to give it to)")
+            problems.append(f"--base_results {base_results}: " + (
+                "no such results folder (a name under --models_dir, or a path)" if base is not None
+                else "no base model in this batch to give its scores to (run analyze with --base_model)"))
     return extra_rows, adopted

@@ -50,6 +50,11 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
         columns.append(Column("reduction_ratio", "vs base", "change"))
     columns += [Column("num_layers", "Layers", "count"), Column("attention_params", "Attention", "params"),
                 Column("mlp_params", "MLP", "params"), Column("embedding_params", "Embedding", "params")]
+    # SliceGPT's shortcut rotations (and tensors no family claims) are real parameters: without their
+    # column the parts would not add up to Params.
+    other = any(model.other_params for model in study.models)
+    if other:
+        columns.append(Column("other_params", "Other", "params"))
     scanned = any(model.sparsity is not None for model in study.models)
     if scanned:
         columns.append(Column("sparsity", "Sparsity", "share"))
@@ -62,6 +67,8 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
     for model in study.models:
         row = [model.name, model.kind, model.total_params] + ([model.reduction_ratio] if compared else []) + [
             model.num_layers, model.attention_params, model.mlp_params, model.embedding_params]
+        if other:
+            row.append(model.other_params)
         if scanned:
             row.append(model.sparsity)
         row += [board.values.get(model.name, {}).get(task.task) for task in board.columns]
@@ -69,15 +76,17 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
             row.append(board.averages.get(model.name))
         rows.append(tuple(row))
     return Table(columns=tuple(columns), rows=tuple(rows), roles=tuple(model.role for model in study.models),
-                 notes=table_notes(study, board, scanned))
+                 notes=table_notes(study, board, scanned, other))
 
 
-def table_notes(study: Study, board: Scoreboard, scanned: bool) -> tuple:
+def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool = False) -> tuple:
     notes = []
     if study.base_name and any(model.reduction_ratio is not None for model in study.models if model.role == "pruned"):
         notes.append(f"vs base: change in total parameters against {study.base_name}.")
     notes.append("Attention and MLP: all layers; Embedding: input embeddings, an untied LM head and position "
                  "embeddings.")
+    if other:
+        notes.append("Other: SliceGPT's shortcut rotations and tensors outside attention, MLP, embeddings and norms.")
     if scanned:
         notes.append("Sparsity: share of parameters that are zero.")
     if board.columns:
