@@ -39,7 +39,24 @@ def write_atomic(path: str, content: str | bytes) -> None:
 
 
 def write_json(path: str, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path, dumps_readable(data))
+
+
+def dumps_readable(data) -> str:
+    """JSON with one top-level field per line and one list item (e.g. one layer) per line: easy to read
+    and to diff, and written by json's C encoder (indent= switches to its pure-Python one, which costs
+    more than the whole analysis of an 8B model's headers)."""
+    if not isinstance(data, dict):
+        return json.dumps(data, ensure_ascii=False) + "\n"
+    lines = []
+    for key, value in data.items():
+        name = json.dumps(key, ensure_ascii=False)
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            items = ",\n".join("    " + json.dumps(item, ensure_ascii=False) for item in value)
+            lines.append(f"  {name}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {name}: {json.dumps(value, ensure_ascii=False)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 # -- model_structure.json -------------------------------------------------------------------------
