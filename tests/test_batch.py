@@ -178,7 +178,7 @@ def test_symlinked_selection_and_loops(batch):
     assert records["Magnitude_5000"]["status"] == "analysed"
     assert records["Magnitude_5000"]["total_params"] == built["Magnitude_5000"].num_parameters()
     assert records["dangling"]["status"] == "error"
-    assert "does not exist" in records["dangling"]["error"]
+    assert "is a symlink to nothing" in records["dangling"]["error"]
 
 
 def test_bad_inputs_are_one_line_each_and_the_batch_goes_on(tmp_path):

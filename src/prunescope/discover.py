@@ -66,7 +66,8 @@ def discover_models(models_dir: str | None, include=(), exclude=(), extra_models
 def examine(path: str, name: str) -> list[ModelEntry]:
     """The model(s) one path holds: a folder (searched a few levels deep) or a single checkpoint file."""
     if not os.path.exists(path):
-        return [ModelEntry(name, path, error=f"{path}: does not exist (a broken symlink?)")]
+        what = "is a symlink to nothing" if os.path.islink(path) else "does not exist"
+        return [ModelEntry(name, path, error=f"{path}: {what}")]
     if os.path.isfile(path):
         checkpoint = _file_checkpoint(path, os.path.dirname(path))
         if checkpoint is None:

@@ -158,6 +158,8 @@ def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions |
     found = [entry for entry in entries if entry.checkpoint is not None]
     if not found:
         problem = entries[0].error or entries[0].skip_reason or "no model found"
+        if problem.startswith(f"{path}: "):
+            problem = problem[len(path) + 2:]
         raise CheckpointError(path, problem, "give a model folder or a checkpoint file")
     if len(found) > 1:
         raise CheckpointError(path, f"holds {len(found)} checkpoints: " + ", ".join(e.name for e in found),
