@@ -152,15 +152,16 @@ def expected_rows(report) -> dict:
             "attention_params": sum(layer["attention"]["total"] for layer in layers),
             "mlp_params": sum(layer["mlp"]["total"] for layer in layers),
             "embedding_params": structure["embedding_params"] + head + structure["position_embedding_params"],
-            "sparsity": structure["sparsity"]}
+            "nonzero_params": structure["nonzero_params"], "sparsity": structure["sparsity"]}
     base = report["base"]  # the base is not analysed on its own: checked against the module itself
     rows[BASE] = {"kind": "base", "total_params": base.num_parameters(), "reduction_ratio": 0.0, "num_layers": 6,
                   "attention_params": sum(p.numel() for layer in base.model.layers for p in layer.self_attn.parameters()),
                   "mlp_params": sum(p.numel() for layer in base.model.layers for p in layer.mlp.parameters()),
                   "embedding_params": base.model.embed_tokens.weight.numel() + base.lm_head.weight.numel(),
-                  "sparsity": 0.0}
+                  "nonzero_params": sum(int((p != 0).sum()) for p in base.parameters()), "sparsity": 0.0}
     rows["Orphan-run"] = {"kind": "results only", "total_params": None, "reduction_ratio": None, "num_layers": None,
-                          "attention_params": None, "mlp_params": None, "embedding_params": None, "sparsity": None}
+                          "attention_params": None, "mlp_params": None, "embedding_params": None,
+                          "nonzero_params": None, "sparsity": None}
     for name, row in rows.items():
         for task, metric in METRICS.items():
             row[f"{task}/{metric}"] = SCORES[name].get(task)
@@ -249,10 +250,11 @@ def test_markdown_cells_and_bold_match_the_json(report):
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header[:8] == ["Model", "Kind", "Params", "vs base", "Layers", "Attention", "MLP", "Embedding"]
-    assert header[8:] == ["Sparsity", "arc_easy (acc)", "mmlu (acc)", "piqa (acc_norm)",
+    assert header[8:] == ["Nonzero", "Sparsity", "arc_easy (acc)", "mmlu (acc)", "piqa (acc_norm)",
                           "wikitext (word_perplexity)", "Average (mean)"]
     keys = ["model", "kind", "total_params", "reduction_ratio", "num_layers", "attention_params", "mlp_params",
-            "embedding_params", "sparsity"] + [f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
+            "embedding_params", "nonzero_params", "sparsity"] + [
+        f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
     expected = expected_rows(report)
     best = best_per_column(expected)
     bold_seen = set()
@@ -275,7 +277,8 @@ def test_latex_cells_escapes_and_bold(report):
     assert r"Wanda\_2:4" in text and "Wanda_2:4" not in text
     body = text.split(r"\midrule", 1)[1].split(r"\bottomrule")[0]
     keys = ["kind", "total_params", "reduction_ratio", "num_layers", "attention_params", "mlp_params",
-            "embedding_params", "sparsity"] + [f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
+            "embedding_params", "nonzero_params", "sparsity"] + [
+        f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
     expected = expected_rows(report)
     best = best_per_column(expected)
     seen, bold_seen = [], set()
@@ -320,6 +323,106 @@ def test_layers_csv_is_every_layer_of_every_analysis(report):
                                                    for layer in report["base"].model.layers]
 
 
+
+def zero_in_place(model, head_dim: int = 16) -> None:
+    """Soft structured pruning (FLAP, torch-pruning): query head 1 of layer 0, KV head 0 of layer 1
+    and ten MLP channels of layer 2 zeroed, the shapes unchanged."""
+    with torch.no_grad():
+        attention = model.model.layers[0].self_attn
+        attention.q_proj.weight[head_dim:2 * head_dim] = 0
+        attention.o_proj.weight[:, head_dim:2 * head_dim] = 0
+        attention = model.model.layers[1].self_attn
+        attention.k_proj.weight[:head_dim] = 0
+        attention.v_proj.weight[:head_dim] = 0
+        mlp = model.model.layers[2].mlp
+        mlp.gate_proj.weight[:10] = 0
+        mlp.up_proj.weight[:10] = 0
+        mlp.down_proj.weight[:, :10] = 0
+
+
+def html_layer_rows(html: str, model: str) -> list[list[str]]:
+    """The cells of one model's per-layer table in report.html."""
+    section = html.split(f"<summary>{model} ", 1)[1].split("</details>", 1)[0]
+    table = section.split("<th>layer</th>", 1)[1].split("</table>", 1)[0]
+    header = ["layer"] + re.findall(r"<th>(.*?)</th>", table.split("</thead>", 1)[0])
+    return [dict(zip(header, re.findall(r"<td>(.*?)</td>", row), strict=True))
+            for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1])]
+
+
+def test_soft_structured_pruning_shows_in_layers_csv_html_summary_and_heatmap(tmp_path):
+    torch.manual_seed(0)
+    base = builders.llama(num_hidden_layers=4)
+    base.save_pretrained(tmp_path / "base" / BASE)
+    soft = builders.llama(num_hidden_layers=4)
+    soft.load_state_dict(base.state_dict())
+    zero_in_place(soft)
+    soft.save_pretrained(tmp_path / "models" / "FLAP_soft")
+    shapes, scan = tmp_path / "shapes", tmp_path / "scan"
+    for out, sparsity in ((shapes, False), (scan, True)):
+        assert run_batch(str(tmp_path / "models"), base_model=str(tmp_path / "base" / BASE), output_dir=str(out),
+                         sparsity=sparsity, force=True, device="cpu", out=io.StringIO()) == 0
+        assert run_report(str(out), out=io.StringIO()) == 0
+    folder = tmp_path / "models" / "FLAP_soft" / "analysis"
+    structure = json.loads((folder / "model_structure.json").read_text())
+    comparison = json.loads((folder / "model_comparison.json").read_text())
+    attention = [layer["attention"] for layer in structure["layers"]]
+    mlp = [layer["mlp"] for layer in structure["layers"]]
+    assert [(a["effective_heads"], a["effective_kv_heads"], m["effective_intermediate_size"])
+            for a, m in zip(attention, mlp)][:3] == [(3, 2, 96), (4, 1, 96), (4, 2, 86)]
+
+    # layers.csv: the scan's per-layer fields, as in the JSON; the base's heads are not scanned.
+    fields = {"effective_heads": ("attention", "effective_heads"),
+              "effective_kv_heads": ("attention", "effective_kv_heads"),
+              "effective_intermediate_size": ("mlp", "effective_intermediate_size"), "nonzero": (None, "nonzero"),
+              "sparsity": (None, "sparsity")}
+    rows = list(csv.DictReader(open(scan / "tables" / "layers.csv", encoding="utf-8")))
+    mine = [row for row in rows if row["model"] == "FLAP_soft"]
+    for row, layer in zip(mine, structure["layers"], strict=True):
+        for field, (part, key) in fields.items():
+            want = (layer[part] if part else layer)[key]
+            assert (float(row[field]) if field == "sparsity" else int(row[field])) == want, (field, row)
+    base_rows = [row for row in rows if row["role"] == "base"]
+    assert [int(row["nonzero"]) for row in base_rows] == [layer["nonzero"]["original"]
+                                                          for layer in comparison["layers"]]
+    assert all(row["effective_heads"] == "" for row in base_rows)
+    unscanned = list(csv.DictReader(open(shapes / "tables" / "layers.csv", encoding="utf-8")))
+    assert unscanned and all(row[field] == "" for row in unscanned for field in fields)
+
+    # The summary: a Nonzero column beside Sparsity, only when scanned; plain counts in the CSV.
+    summary = {row["model"]: row for row in csv.DictReader(open(scan / "tables" / "summary.csv", encoding="utf-8"))}
+    assert int(summary["FLAP_soft"]["nonzero_params"]) == structure["nonzero_params"] < structure["total_params"]
+    assert int(summary[BASE]["nonzero_params"]) == comparison["nonzero_params"]["original"]
+    header = (scan / "tables" / "summary.md").read_text(encoding="utf-8").splitlines()[0]
+    assert "| Nonzero | Sparsity |" in header
+    assert r"Nonzero & Sparsity" in (scan / "tables" / "summary.tex").read_text(encoding="utf-8")
+    assert "nonzero_params" not in (shapes / "tables" / "summary.csv").read_text(encoding="utf-8")
+    assert "Nonzero" not in (shapes / "tables" / "summary.md").read_text(encoding="utf-8")
+
+    # HTML: heads, KV heads and channels left after zeroing, as "3/4"; nonzero per layer.
+    html = html_layer_rows((scan / "report.html").read_text(encoding="utf-8"), "FLAP_soft")
+    for row, a, m, layer in zip(html, attention, mlp, structure["layers"], strict=True):
+        for cell, effective, shape in ((row["heads"], a["effective_heads"], a["num_heads"]),
+                                       (row["KV heads"], a["effective_kv_heads"], a["num_kv_heads"]),
+                                       (row["intermediate"], m["effective_intermediate_size"], m["intermediate_size"])):
+            assert cell == (f"{effective}/{shape}" if effective < shape else str(shape)), row
+        assert row["nonzero"] == f"{layer['nonzero']:,}"
+    assert [row["heads"] for row in html_layer_rows((shapes / "report.html").read_text(encoding="utf-8"),
+                                                    "FLAP_soft")] == ["4"] * 4
+
+    # The nonzero heatmap: the share of the base's nonzero attention / MLP parameters kept per layer.
+    from prunescope.paper.plots import kept_shares
+
+    model = next(model for model in load_study(str(scan)).models if model.name == "FLAP_soft")
+    for part in ("attention", "mlp"):
+        assert kept_shares(model, part, 4, nonzero=True) == pytest.approx(
+            [layer[part]["nonzero"] / compared[part]["nonzero"]["original"]
+             for layer, compared in zip(structure["layers"], comparison["layers"], strict=True)])
+        assert kept_shares(model, part, 4) == [1.0] * 4  # the shapes say nothing
+    if HAVE_MATPLOTLIB:
+        assert (scan / "plots" / "nonzero_heatmap.png").is_file()
+        assert not (shapes / "plots" / "nonzero_heatmap.png").exists()
+        check_images(scan / "plots")
+
 # -- evaluation results -------------------------------------------------------------------------
 
 
@@ -336,6 +439,21 @@ def test_metric_choice_tasks_and_subtasks_can_be_chosen(report):
     assert "mmlu_abstract_algebra" in [column.task for column in board.columns]
     _, problems = build_scoreboard(scores, parse_metric_choices(["f1"]))  # a metric nobody reports
     assert len(problems) == 1 and "--metric f1" in problems[0]
+
+
+def test_a_model_with_only_perplexities_leaves_the_others_their_average():
+    from prunescope.paper.evals import TaskResult
+
+    def scores(**tasks):
+        return {task: TaskResult(task, {metric: value}, {}, "results.json") for task, (metric, value) in tasks.items()}
+
+    board, problems = build_scoreboard({
+        "base": scores(wikitext=("word_perplexity", 11.0)),
+        "a": scores(arc_easy=("acc", 0.6), piqa=("acc_norm", 0.7), wikitext=("word_perplexity", 14.0)),
+        "b": scores(arc_easy=("acc", 0.5), piqa=("acc_norm", 0.8))})
+    assert not problems
+    assert board.average_over == ("arc_easy", "piqa")
+    assert board.averages == pytest.approx({"a": 0.65, "b": 0.65})
 
 
 def test_slicegpt_shortcuts_get_a_column_so_that_the_parts_add_up(tmp_path):
@@ -355,6 +473,26 @@ def test_slicegpt_shortcuts_get_a_column_so_that_the_parts_add_up(tmp_path):
     norms = structure["final_norm_params"] + sum(layer["norm"] for layer in structure["layers"])
     parts = sum(int(row[column]) for column in ("attention_params", "mlp_params", "embedding_params", "other_params"))
     assert parts + norms == structure["total_params"] == int(row["total_params"])
+
+
+def test_a_rebuilt_opt_base_counts_its_position_embeddings_as_embedding(tmp_path):
+    from test_families import opt
+
+    base = opt()
+    base.save_pretrained(tmp_path / "base" / "OPT-base")
+    pruned = opt()
+    pruned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        pruned.model.decoder.layers[0].fc1.weight[:8] = 0
+    pruned.save_pretrained(tmp_path / "models" / "OPT-zeroed")
+    assert run_batch(str(tmp_path / "models"), base_model=str(tmp_path / "base" / "OPT-base"),
+                     output_dir=str(tmp_path / "out"), out=io.StringIO()) == 0
+    assert run_report(str(tmp_path / "out"), formats=("csv",), out=io.StringIO()) == 0
+    rows = {row["model"]: row for row in csv.DictReader(open(tmp_path / "out" / "tables" / "summary.csv"))}
+    decoder = base.model.decoder
+    embedding = decoder.embed_tokens.weight.numel() + decoder.embed_positions.weight.numel()  # the head is tied
+    assert int(rows["OPT-base"]["embedding_params"]) == int(rows["OPT-zeroed"]["embedding_params"]) == embedding
+    assert "other_params" not in rows["OPT-base"]  # no Other column: nothing left over in either model
 
 
 def test_reading_both_layouts_and_the_newest_file_per_task(tmp_path):
@@ -427,6 +565,100 @@ def test_a_missing_analysis_is_one_line_and_the_report_goes_on(report, tmp_path)
         parse_formats("md,pdf")
 
 
+# The original tool's schema (../shared/spec/): what prunescope added to it is optional to the report.
+SPEC_STRUCTURE = {"model_name", "total_params", "embedding_params", "lm_head_params", "layer_summary", "layers"}
+SPEC_LAYER = {"layer_idx", "total", "attention", "mlp", "norm", "is_zero_layer"}
+SPEC_ATTENTION = {"type", "total", "q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "num_kv_heads"}
+SPEC_MLP = {"type", "total", "gate_proj", "up_proj", "down_proj", "intermediate_size"}
+SPEC_COMPARISON = {"original_name", "pruned_name", "total_params", "layer_params", "layers"}
+
+
+def only(data: dict, keys: set) -> dict:
+    return {key: value for key, value in data.items() if key in keys}
+
+
+def test_analyses_in_the_original_tools_schema_are_reported(report, tmp_path):
+    batch = json.loads((report["out"] / "batch_analysis_results.json").read_text())
+    for record in batch["models"]:
+        if record["status"] != "analysed":
+            continue
+        structure, comparison = report["analyses"][record["name"]]
+        structure = only(structure, SPEC_STRUCTURE)
+        structure["layers"] = [{**only(layer, SPEC_LAYER), "attention": only(layer["attention"], SPEC_ATTENTION),
+                                "mlp": only(layer["mlp"], SPEC_MLP)} for layer in structure["layers"]]
+        comparison = only(comparison, SPEC_COMPARISON)
+        comparison["layers"] = [{key: only(value, SPEC_ATTENTION | SPEC_MLP) if key in ("attention", "mlp") else value
+                                 for key, value in layer.items() if key in SPEC_LAYER - {"norm"}}
+                                for layer in comparison["layers"]]
+        record["analysis_dir"] = str(tmp_path / record["name"])
+        write(tmp_path / record["name"] / "model_structure.json", structure)
+        write(tmp_path / record["name"] / "model_comparison.json", comparison)
+    write(tmp_path / "out" / "batch_analysis_results.json", batch)
+    console = io.StringIO()
+    assert run_report(str(tmp_path / "out"), out=console) == 0, console.getvalue()
+    rows = {row["model"]: row for row in csv.DictReader(open(tmp_path / "out" / "tables" / "summary.csv"))}
+    for name, (structure, comparison) in report["analyses"].items():
+        assert int(rows[name]["total_params"]) == structure["total_params"]
+        assert float(rows[name]["reduction_ratio"]) == comparison["total_params"]["reduction_ratio"]
+    assert int(rows[BASE]["total_params"]) == report["base"].num_parameters()
+    assert rows[BASE]["num_layers"] == rows[BASE]["attention_params"] == ""  # unknown, not invented
+
+
+def test_names_with_markup_characters_are_shown_as_they_are(report, tmp_path):
+    import html as html_module
+
+    name = r"W<b>5%</b>& *2:4* _x_ $\frac$#ü|"  # short enough to be shown whole on the plots
+    batch = json.loads((report["out"] / "batch_analysis_results.json").read_text())
+    for record in batch["models"]:
+        if record["name"] == "Wanda_2:4":
+            record["name"] = name
+    write(tmp_path / "batch_analysis_results.json", batch)
+    console = io.StringIO()
+    assert run_report(str(tmp_path), out=console) == 0
+    assert "not drawn" not in console.getvalue()  # matplotlib would read $\frac$ as a broken formula
+    markdown = (tmp_path / "tables" / "summary.md").read_text(encoding="utf-8")
+    line = next(line for line in markdown.splitlines() if "2:4" in line)
+    assert line.startswith(r"| W\<b\>5%\</b\>\& \*2:4\* \_x\_ \$\\frac\$#ü\| | huggingface |")
+    assert "| LLM-Pruner_20 |" in markdown  # an underscore inside a word is no markup: left as it is
+    if importlib.util.find_spec("markdown_it"):
+        from markdown_it import MarkdownIt
+
+        rendered = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(markdown)
+        cells = [html_module.unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", rendered)]
+        assert name in cells and "LLM-Pruner_20" in cells
+    assert tables.latex_escape(name) in (tmp_path / "tables" / "summary.tex").read_text(encoding="utf-8")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert html_module.escape(name) in page and "<b>5%" not in page
+    if HAVE_MATPLOTLIB:
+        svg = ElementTree.parse(tmp_path / "plots" / "composition.svg").getroot()
+        assert any(name in "".join(element.itertext()) for element in svg.iter())
+
+
+def test_without_a_model_or_results_there_is_nothing_to_report(tmp_path):
+    write(tmp_path / "out" / "batch_analysis_results.json", {"models_dir": str(tmp_path / "models"), "models": [
+        {"name": "broken", "path": str(tmp_path / "models" / "broken"), "status": "error", "kind": "torch",
+         "error": "truncated zip"},
+        {"name": "notes", "path": str(tmp_path / "models" / "notes"), "status": "skipped", "kind": None,
+         "reason": "no model files"}]})
+    console = io.StringIO()
+    assert run_report(str(tmp_path / "out"), out=console) == 1
+    assert "nothing to report on" in console.getvalue()
+    said = console.getvalue()
+    assert "broken: error (truncated zip)" in said and "notes: skipped (no model files)" in said
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["batch_analysis_results.json"]
+
+
+def test_the_caption_promises_bold_only_where_a_score_is_bold(report):
+    study = load_study(str(report["out"]))
+    board, _ = build_scoreboard({model.name: model.scores for model in study.models})
+    assert "Best score among the pruned models in bold." in tables.summary_table(study, board).notes
+    alone = study.replace(models=tuple(model for model in study.models if model.name in (BASE, "LLM-Pruner_20")))
+    board, _ = build_scoreboard({model.name: model.scores for model in alone.models})
+    table = tables.summary_table(alone, board)
+    assert board.columns and not tables.best_cells(table)  # one contender: nothing to be best against
+    assert not any("bold" in note for note in table.notes) and "**" not in tables.to_markdown(table)
+
+
 def test_command_line_arguments(report, tmp_path):
     import argparse
 
@@ -474,7 +706,8 @@ def check_images(folder) -> dict:
 def test_plots_are_valid_images_of_sensible_size(report):
     pytest.importorskip("matplotlib")
     sizes = check_images(report["out"] / "plots")
-    assert set(sizes) == {"depth_profile", "kept_heatmap", "composition", "sparsity_profile", "accuracy_vs_params"}
+    assert set(sizes) == {"depth_profile", "kept_heatmap", "nonzero_heatmap", "composition", "sparsity_profile",
+                          "accuracy_vs_params"}
 
 
 def test_plots_with_thirty_models_and_the_pareto_front(report, tmp_path):
@@ -512,7 +745,7 @@ def test_html_is_self_contained(report):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
     assert "<script" not in html and "@import" not in html
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == (5 if HAVE_MATPLOTLIB else 0)
+    assert len(images) == (6 if HAVE_MATPLOTLIB else 0)
     import base64
 
     assert all(base64.b64decode(image)[:8] == PNG_MAGIC for image in images)
@@ -561,6 +794,8 @@ def test_value_formats():
     assert tables.format_params(9_996_000) == "10.0M"
     assert tables.format_params(158_528) == "159K"
     assert tables.format_params(512) == "512"
+    assert tables.format_params(999_499) == "999K"
+    assert tables.format_params(999_999) == "1.00M" and tables.format_params(999_600_000) == "1.00B"  # not 1000M
     assert tables.format_change(0.21340) == "-21.3%" and tables.format_change(-0.03) == "+3.0%"
     assert tables.latex_escape("Wanda_2:4 & 50% {x} #1 ~a^b \\ <|>") == (
         r"Wanda\_2:4 \& 50\% \{x\} \#1 \textasciitilde{}a\textasciicircum{}b \textbackslash{} "

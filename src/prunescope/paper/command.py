@@ -73,6 +73,13 @@ def run_report(output_dir: str, models_dir: str | None = None, formats: tuple = 
     except StudyError as error:
         say(f"✗ error: {error}")
         return 1
+    if not study.models:  # every model skipped or failed, and no results: tables without rows help nobody
+        for problem in study.problems:
+            say(f"⚠ {problem}")
+        say(f"✗ error: nothing to report on: no model under {output_dir} has an analysis or evaluation results"
+            + "".join(f"\n  {item.name}: {item.status}" + (f" ({item.reason})" if item.reason else "")
+                      for item in study.unanalysed))
+        return 1
     board, choice_problems = build_scoreboard({model.name: model.scores for model in study.models},
                                               parse_metric_choices(metrics), tasks, show_subtasks)
     problems = list(study.problems) + choice_problems

@@ -315,9 +315,10 @@ def build_scoreboard(scores: dict, choice: MetricChoice | None = None, tasks: tu
 def average_tasks(columns: list, values: dict) -> tuple[tuple, dict, list]:
     """The average is over the accuracy-like tasks (higher is better, 0-1) that every evaluated model
     has: an average over different task sets would compare different things, and perplexities are
-    on another scale altogether."""
-    evaluated = [name for name, per_model in values.items() if per_model]
+    on another scale altogether. A model with no accuracy task (only perplexities) has no average
+    and takes none away from the others."""
     candidates = [column.task for column in columns if column.percent]
+    evaluated = [name for name, per_model in values.items() if any(task in per_model for task in candidates)]
     common = tuple(task for task in candidates if evaluated and all(task in values[name] for name in evaluated))
     notes = []
     if not common:

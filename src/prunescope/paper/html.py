@@ -94,6 +94,9 @@ def model_section(model: ModelRow, board: Scoreboard) -> str:
     facts = [model.kind or "", format_params(model.total_params) + " parameters" if model.total_params else ""]
     if model.role == "pruned" and model.reduction_ratio is not None:
         facts.append(format_change(model.reduction_ratio) + " vs base")
+    if model.nonzero_params is not None and model.sparsity is not None:
+        facts.append(f"{format_params(model.nonzero_params)} nonzero ({model.sparsity * 100:.1f}% zeros"
+                     + (f", {model.nm_sparsity} pattern" if model.nm_sparsity else "") + ")")
     warnings = [line for line in model.warnings if not line.startswith("note:")]
     if warnings:
         facts.append(f"{len(warnings)} warning(s)")
@@ -137,24 +140,35 @@ def layers_html(model: ModelRow) -> str:
     compared = any(layer.base_total for layer in model.layers) and model.role != "base"
     header = ["layer"] + (["base layer", "kept"] if compared else []) + [
         "total", "attention", "heads", "KV heads", "MLP", "intermediate", "norm"] + (
-        ["shortcut"] if sliced else []) + (["sparsity"] if scanned else []) + ["all zero"]
-    rows = []
+        ["shortcut"] if sliced else []) + (["nonzero", "sparsity"] if scanned else []) + ["all zero"]
+    rows, zeroed = [], False
     for layer in model.layers:
         cells = [str(layer.layer_idx)]
         if compared:
             kept = f"{layer.total / layer.base_total * 100:.1f}%" if layer.base_total else "-"
             cells += ["-" if layer.base_layer_idx is None else str(layer.base_layer_idx), kept]
-        cells += [f"{layer.total:,}", f"{layer.attention:,}", dash(layer.num_heads), dash(layer.num_kv_heads),
-                  f"{layer.mlp:,}", dash(layer.intermediate_size), f"{layer.norm:,}"]
+        counts = [effective(layer.effective_heads, layer.num_heads),
+                  effective(layer.effective_kv_heads, layer.num_kv_heads),
+                  effective(layer.effective_intermediate_size, layer.intermediate_size)]
+        zeroed = zeroed or any("/" in count for count in counts)
+        cells += [f"{layer.total:,}", f"{layer.attention:,}", *counts[:2], f"{layer.mlp:,}", counts[2],
+                  f"{layer.norm:,}"]
         if sliced:
             cells.append(f"{layer.shortcut:,}")
         if scanned:
-            cells.append("-" if layer.sparsity is None else f"{layer.sparsity * 100:.1f}%")
+            cells += ["-" if layer.nonzero is None else f"{layer.nonzero:,}",
+                      "-" if layer.sparsity is None else f"{layer.sparsity * 100:.1f}%"]
         cells.append({True: "yes", False: "", None: "?"}[layer.is_zero_layer])
         rows.append("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{escape(title)}</th>" for title in header) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+            + "".join(rows) + "</tbody></table>"
+            + ('<p class="notes">3/4: 3 of the 4 heads in the weights (or KV heads, or MLP channels) have nonzero '
+               "weights; the rest are zeroed in place.</p>" if zeroed else ""))
 
 
-def dash(value) -> str:
-    return "-" if value is None else str(value)
+def effective(count: int | None, shape: int | None) -> str:
+    """Heads or MLP channels: "3/4" where the content scan found fewer holding nonzero weights than
+    the shapes have."""
+    if shape is None:
+        return "-"
+    return f"{count}/{shape}" if count is not None and count < shape else str(shape)

@@ -84,8 +84,15 @@ def param_scale(largest: float) -> tuple[float, str]:
     return 1.0, ""
 
 
+def literal(text: str) -> str:
+    """Text that matplotlib shows as it is: it reads `$...$` as maths, and a name such as
+    `run_$\\alpha$` would be typeset, or fail the whole figure when it is no valid formula."""
+    return text.replace("$", r"\$")
+
+
 def short(name: str, limit: int = LABEL_CHARS) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+    """A model name as a label: shortened, shown as it is."""
+    return literal(name if len(name) <= limit else name[: limit - 1] + "…")
 
 
 def aligned(model: ModelRow) -> bool:
@@ -103,15 +110,17 @@ def depth_series(model: ModelRow, field: str = "total") -> tuple[list[int], list
     return [layer.layer_idx for layer in model.layers], [getattr(layer, field) for layer in model.layers]
 
 
-def kept_shares(model: ModelRow, part: str, width: int) -> list[float | None]:
-    """Per base layer, the share of the base's `part` ("attention"/"mlp") parameters this model kept:
-    0 where the layer was removed, None where the base's size is unknown."""
+def kept_shares(model: ModelRow, part: str, width: int, nonzero: bool = False) -> list[float | None]:
+    """Per base layer, the share of the base's `part` ("attention"/"mlp") parameters this model kept,
+    counted by shape or, with `nonzero`, by nonzero values (content scan): 0 where the layer was
+    removed, None where the base's count is unknown."""
+    field = f"{part}_nonzero" if nonzero else part
     shares: list[float | None] = [0.0 if aligned(model) else None] * width
     for layer in model.layers:
         index = layer.base_layer_idx
-        base = getattr(layer, f"base_{part}")
-        if index is not None and index < width and base:
-            shares[index] = getattr(layer, part) / base
+        base, kept = getattr(layer, f"base_{field}"), getattr(layer, field)
+        if index is not None and index < width and base and kept is not None:
+            shares[index] = kept / base
     return shares
 
 
@@ -224,9 +233,25 @@ def sparsity_profile(study: Study):
 
 
 def kept_heatmap(study: Study):
+    return share_heatmap(compared_models(study), nonzero=False)
+
+
+def nonzero_heatmap(study: Study):
+    """The kept share counted in nonzero values: what unstructured pruning (Wanda, magnitude) and
+    in-place zeroing keep, which the shapes do not show. Drawn when some model has zeros to show;
+    the models whose contents were scanned with the base's are its rows."""
+    models = [model for model in compared_models(study)
+              if any(layer.base_attention_nonzero or layer.base_mlp_nonzero for layer in model.layers)]
+    if not any((layer.sparsity or 0) >= SPARSE_ENOUGH for model in models for layer in model.layers):
+        return None
+    return share_heatmap(models, nonzero=True)
+
+
+def share_heatmap(models: list[ModelRow], nonzero: bool):
+    """Models x base layers, attention and MLP side by side, in % of the base layer's parameters
+    (or nonzero parameters) kept."""
     from matplotlib.patches import Patch, Rectangle
 
-    models = compared_models(study)
     if not models:
         return None
     width = max(model.base_num_layers for model in models)
@@ -235,40 +260,49 @@ def kept_heatmap(study: Study):
     figure = new_figure(2 * panel_width + 3.2, height)
     axes = figure.subplots(1, 2, sharey=True)
     annotate = len(models) * width <= 240 and width <= 24
+    what = "nonzero parameters" if nonzero else "parameters"
     zero_layers = unknown = False
     image = None
     for axis, part, label in zip(axes, ("attention", "mlp"), ("Attention", "MLP")):
-        grid = [[math.nan if share is None else share * 100 for share in kept_shares(model, part, width)]
+        grid = [[math.nan if share is None else share * 100 for share in kept_shares(model, part, width, nonzero)]
                 for model in models]
         top = max([100.0] + [value for row in grid for value in row if not math.isnan(value)])
         image = axis.imshow(grid, aspect="auto", vmin=0.0, vmax=top, cmap=colour_map(), interpolation="nearest")
-        axis.set_title(f"{label}: share of the base's parameters kept")
+        axis.set_title(label)
         axis.set_xlabel("Layer (base model's numbering)")
         axis.grid(False)
         axis.set_yticks(range(len(models)), [short(model.name) for model in models])
         integer_ticks(axis)
         unknown = unknown or any(math.isnan(value) for row in grid for value in row)
         for row, model in enumerate(models):
-            for layer in model.layers:
-                if layer.is_zero_layer and layer.base_layer_idx is not None:
-                    zero_layers = True
-                    value = grid[row][layer.base_layer_idx]
-                    light = not math.isnan(value) and value / top > 0.55
-                    axis.add_patch(Rectangle((layer.base_layer_idx - 0.5, row - 0.5), 1, 1, fill=False,
-                                             hatch="xx", edgecolor="black" if light else "white", linewidth=0))
+            hatched = {layer.base_layer_idx for layer in model.layers
+                       if layer.is_zero_layer and layer.base_layer_idx is not None}
+            for column in hatched:
+                zero_layers = True
+                value = grid[row][column]
+                light = not math.isnan(value) and value / top > 0.55
+                axis.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, hatch="xx",
+                                         edgecolor="black" if light else "white", linewidth=0))
             if annotate:
                 for column, value in enumerate(grid[row]):
-                    if not math.isnan(value):
+                    if not math.isnan(value):  # on a hatched cell, on a patch of the cell's colour
                         axis.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=6,
-                                  color="black" if value / top > 0.55 else "white")
+                                  color="black" if value / top > 0.55 else "white",
+                                  bbox=dict(facecolor=image.cmap(image.norm(value)), edgecolor="none", pad=2.5)
+                                  if column in hatched else None)
     colour_bar = figure.colorbar(image, ax=list(axes), fraction=0.04, pad=0.02)
-    colour_bar.set_label("Kept (% of the base's parameters)")
-    handles = [Patch(facecolor="#dddddd", label="base size unknown")] if unknown else []
+    colour_bar.set_label("Kept (%)")
+    figure.suptitle(f"Share of the base's {what} kept, per layer" + ("" if nonzero else " (by shape)"))
+    handles = [Patch(facecolor="#dddddd", label="base count unknown" if nonzero else "base size unknown")] \
+        if unknown else []
     if zero_layers:
         handles.append(Patch(facecolor="white", hatch="xx", edgecolor="black", label="all-zero layer (weights kept, "
                                                                                      "all zero)"))
-    if handles:
-        axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=2)
+    if handles:  # above the panel's title, at the same distance whatever the figure's height
+        from matplotlib.transforms import ScaledTranslation
+
+        axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
+                       bbox_transform=axes[0].transAxes + ScaledTranslation(0.0, 0.22, figure.dpi_scale_trans))
     return figure
 
 
@@ -326,8 +360,8 @@ def accuracy_vs_params(study: Study, board: Scoreboard, task: str | None = None)
         column = next(column for column in board.columns if column.task == task)
         values = {name: scores[task] for name, scores in board.values.items() if task in scores}
         percent, higher = column.percent, column.higher_is_better
-        ylabel = f"{task}: {column.metric}" + (" (%)" if percent else "")
-        title = f"{task} against size" + ("" if higher else " (lower is better)")
+        ylabel = literal(f"{task}: {column.metric}") + (" (%)" if percent else "")
+        title = literal(task) + " against size" + ("" if higher else " (lower is better)")
     points = accuracy_points(study, values)
     if len(points) < 2:  # one point has no trade-off to show
         return None
@@ -434,7 +468,10 @@ def plan(study: Study, board: Scoreboard, per_task: bool) -> list[tuple]:
         ("depth_profile", "Parameters per layer", "Each model's parameters per layer against the base (dashed); "
          "a removed layer shows as 0 at its place in the base.", lambda: depth_profile(study)),
         ("kept_heatmap", "Share of the base kept, per layer", "Attention and MLP parameters kept per base layer, "
-         "in % (100 = unchanged, 0 = removed).", lambda: kept_heatmap(study)),
+         "in % (100 = unchanged, 0 = removed), from the tensors' shapes.", lambda: kept_heatmap(study)),
+        ("nonzero_heatmap", "Share of the base's nonzero parameters kept, per layer", "Nonzero attention and MLP "
+         "parameters per base layer, in % of the base's (content scan, --sparsity): unstructured pruning and "
+         "in-place zeroing show here, not in the shapes.", lambda: nonzero_heatmap(study)),
         ("composition", "Where the parameters are", "Each model's parameters by part; the change against the "
          "base in brackets.", lambda: composition_bars(study)),
         ("sparsity_profile", "Sparsity per layer", "Share of zero parameters per layer (content scan, --sparsity), for the models that have zeros.",

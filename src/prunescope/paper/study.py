@@ -53,11 +53,21 @@ class LayerRow(Record):
     num_heads: int | None = None
     num_kv_heads: int | None = None
     intermediate_size: int | None = None
+    # Content scan (--sparsity) only: heads, KV heads and MLP channels left once those zeroed in place
+    # are discounted, and nonzero parameters (the layer's, its attention's, its MLP's).
+    effective_heads: int | None = None
+    effective_kv_heads: int | None = None
+    effective_intermediate_size: int | None = None
     is_zero_layer: bool | None = False
-    sparsity: float | None = None  # share of zeros, when the contents were scanned
+    nonzero: int | None = None
+    sparsity: float | None = None  # share of zeros
+    attention_nonzero: int | None = None
+    mlp_nonzero: int | None = None
     base_total: int | None = None
     base_attention: int | None = None
     base_mlp: int | None = None
+    base_attention_nonzero: int | None = None  # when both models were scanned
+    base_mlp_nonzero: int | None = None
 
 
 class ModelRow(Record):
@@ -73,11 +83,11 @@ class ModelRow(Record):
     embedding_params: int | None = None  # input embeddings, an untied LM head, position embeddings
     norm_params: int | None = None  # layer norms and the final norm
     other_params: int | None = None  # SliceGPT shortcuts and tensors no family claims
+    nonzero_params: int | None = None  # when the contents were scanned
     sparsity: float | None = None
-    nm_sparsity: str | None = None
+    nm_sparsity: str | None = None  # "2:4" when every linear weight complies
     layers: tuple = ()  # LayerRow
     base_num_layers: int | None = None
-    compared_with: str | None = None
     warnings: tuple = ()  # one line each: stale config, security findings, guessed layer pairing, ...
     scores: dict = {}  # task -> evals.TaskResult
 
@@ -199,15 +209,20 @@ def layer_rows(structure: dict, comparison: dict | None) -> tuple:
     for layer in structure["layers"]:
         attention, mlp = layer["attention"], layer["mlp"]
         base = compared.get(layer["layer_idx"], {})
+        base_attention, base_mlp = base.get("attention") or {}, base.get("mlp") or {}
         rows.append(LayerRow(
             layer_idx=layer["layer_idx"], base_layer_idx=base.get("original_layer_idx"), total=layer["total"],
-            attention=attention["total"], mlp=mlp["total"], norm=layer.get("norm", 0),
+            attention=attention["total"], mlp=mlp["total"], norm=layer.get("norm", 0) or 0,
             shortcut=layer.get("shortcut", 0) or 0, other=layer.get("other", 0) or 0,
             num_heads=attention.get("num_heads"), num_kv_heads=attention.get("num_kv_heads"),
-            intermediate_size=mlp.get("intermediate_size"), is_zero_layer=layer.get("is_zero_layer"),
-            sparsity=layer.get("sparsity"), base_total=original(base.get("total")),
-            base_attention=original(base.get("attention", {}).get("total")),
-            base_mlp=original(base.get("mlp", {}).get("total"))))
+            intermediate_size=mlp.get("intermediate_size"), effective_heads=attention.get("effective_heads"),
+            effective_kv_heads=attention.get("effective_kv_heads"),
+            effective_intermediate_size=mlp.get("effective_intermediate_size"),
+            is_zero_layer=layer.get("is_zero_layer"), nonzero=layer.get("nonzero"), sparsity=layer.get("sparsity"),
+            attention_nonzero=attention.get("nonzero"), mlp_nonzero=mlp.get("nonzero"),
+            base_total=original(base.get("total")), base_attention=original(base_attention.get("total")),
+            base_mlp=original(base_mlp.get("total")), base_attention_nonzero=original(base_attention.get("nonzero")),
+            base_mlp_nonzero=original(base_mlp.get("nonzero"))))
     return tuple(rows)
 
 
@@ -291,10 +306,10 @@ def load_model(record: dict, base_name: str | None, problems: list) -> tuple[Mod
         reduction_ratio=comparison["total_params"]["reduction_ratio"] if comparison else None,
         num_layers=structure.get("layer_summary", {}).get("num_layers", len(structure["layers"])),
         attention_params=buckets["attention"], mlp_params=buckets["mlp"], embedding_params=buckets["embedding"],
-        norm_params=buckets["norm"], other_params=buckets["other"], sparsity=structure.get("sparsity"),
-        nm_sparsity=structure.get("nm_sparsity"), layers=layer_rows(structure, comparison),
-        base_num_layers=comparison["num_layers"]["original"] if comparison else None,
-        compared_with=comparison.get("original_name") if comparison else None, warnings=warnings)
+        norm_params=buckets["norm"], other_params=buckets["other"], nonzero_params=structure.get("nonzero_params"),
+        sparsity=structure.get("sparsity"), nm_sparsity=structure.get("nm_sparsity"),
+        layers=layer_rows(structure, comparison), base_num_layers=original((comparison or {}).get("num_layers")),
+        warnings=warnings)
     return row, structure, comparison
 
 
@@ -316,35 +331,45 @@ def base_from_comparisons(name: str, compared: list[tuple[dict, dict]], path: st
             attention, mlp = layer["attention"], layer["mlp"]
             total = original(layer["total"])
             shortcut = original(layer.get("shortcut")) or 0
+            norm = original(layer.get("norm")) or 0
             nonzero = original(layer.get("nonzero"))
             layers[index] = LayerRow(
                 layer_idx=index, base_layer_idx=index, total=total, attention=original(attention["total"]),
-                mlp=original(mlp["total"]), norm=original(layer.get("norm")) or 0, shortcut=shortcut,
-                other=total - original(attention["total"]) - original(mlp["total"])
-                - (original(layer.get("norm")) or 0) - shortcut,
+                mlp=original(mlp["total"]), norm=norm, shortcut=shortcut,
+                other=total - original(attention["total"]) - original(mlp["total"]) - norm - shortcut,
                 num_heads=original(attention.get("num_heads")), num_kv_heads=original(attention.get("num_kv_heads")),
-                intermediate_size=original(mlp.get("intermediate_size")), is_zero_layer=None,
+                intermediate_size=original(mlp.get("intermediate_size")), is_zero_layer=None, nonzero=nonzero,
                 sparsity=1 - nonzero / total if nonzero is not None and total else None,
-                base_total=total, base_attention=original(attention["total"]), base_mlp=original(mlp["total"]))
+                attention_nonzero=original(attention.get("nonzero")), mlp_nonzero=original(mlp.get("nonzero")),
+                base_total=total, base_attention=original(attention["total"]), base_mlp=original(mlp["total"]),
+                base_attention_nonzero=original(attention.get("nonzero")),
+                base_mlp_nonzero=original(mlp.get("nonzero")))
     structure, first = compared[0]
     total = first["total_params"]["original"]
-    num_layers = first["num_layers"]["original"]
-    # Pruning never ties or unties the LM head, so the pruned model's tying is the base's.
-    embedding = first["embedding_params"]["original"] + (
-        0 if structure.get("tied_embeddings") else first["lm_head_params"]["original"])
+    # num_layers, embedding_params and lm_head_params are prunescope's additions to the original
+    # tool's comparison schema: without them the base's sizes stay unknown.
+    num_layers = original(first.get("num_layers"))
+    embedding, head = original(first.get("embedding_params")), original(first.get("lm_head_params"))
+    if embedding is not None and (head is not None or structure.get("tied_embeddings")):
+        # Pruning never ties or unties the LM head, so the pruned model's tying is the base's.
+        embedding += 0 if structure.get("tied_embeddings") else head
+        embedding += unchanged_by_pruning(compared, "position_embedding_params") or 0
+    else:
+        embedding = None
     rows = tuple(layers[index] for index in sorted(layers))
     warnings, attention, mlp, norm, other = [], None, None, None, None
-    if len(rows) == num_layers:
+    layer_params = original(first.get("layer_params"))
+    if num_layers is not None and len(rows) == num_layers and embedding is not None and layer_params is not None:
         attention = sum(row.attention for row in rows)
         mlp = sum(row.mlp for row in rows)
         norm = sum(row.norm for row in rows)
-        rest = total - embedding - first["layer_params"]["original"]  # final norm, other tensors
-        final_norm = same_final_norm(compared)
+        rest = total - embedding - layer_params  # final norm, other tensors
+        final_norm = unchanged_by_pruning(compared, "final_norm_params")
         if final_norm is not None and final_norm <= rest:
             norm += final_norm
             rest -= final_norm
         other = rest + sum(row.other + row.shortcut for row in rows)
-    else:
+    elif num_layers is not None and len(rows) != num_layers:
         missing = sorted(set(range(num_layers)) - set(layers))
         warnings.append(f"base layers {missing} are paired with no pruned layer: their sizes are unknown")
     nonzero = next((comparison["nonzero_params"]["original"] for _, comparison in compared
@@ -352,15 +377,17 @@ def base_from_comparisons(name: str, compared: list[tuple[dict, dict]], path: st
     return ModelRow(
         name=name, role="base", kind="base", path=path, total_params=total, reduction_ratio=0.0,
         num_layers=num_layers, attention_params=attention, mlp_params=mlp, embedding_params=embedding,
-        norm_params=norm, other_params=other, sparsity=1 - nonzero / total if nonzero is not None and total else None,
-        layers=rows, base_num_layers=num_layers, compared_with=None, warnings=tuple(warnings))
+        norm_params=norm, other_params=other, nonzero_params=nonzero,
+        sparsity=1 - nonzero / total if nonzero is not None and total else None,
+        layers=rows, base_num_layers=num_layers, warnings=tuple(warnings))
 
 
-def same_final_norm(compared: list[tuple[dict, dict]]) -> int | None:
-    """The base's final norm size, where it can be known: models that kept the embedding width (so
-    the hidden size) and were not sliced keep the final norm; they must all agree."""
-    sizes = {structure.get("final_norm_params") for structure, comparison in compared
-             if not structure.get("slicing") and comparison["embedding_params"].get("reduced") == 0}
+def unchanged_by_pruning(compared: list[tuple[dict, dict]], field: str) -> int | None:
+    """The base's final norm or position embeddings, where they can be known: models that kept the
+    embedding width (so the hidden size) and were not sliced keep them as they were; they must all
+    agree."""
+    sizes = {structure.get(field) for structure, comparison in compared
+             if not structure.get("slicing") and (comparison.get("embedding_params") or {}).get("reduced") == 0}
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 

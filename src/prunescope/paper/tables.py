@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from ..records import Record
 from ..report import reduction
@@ -21,6 +22,9 @@ LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 WIDE_TABLE = 12  # columns past which the LaTeX table is scaled to the text width
+# What Markdown (CommonMark, GitHub's tables, strikethrough and math) would read as markup or HTML in
+# a model or task name; `_` only where it could start or end emphasis, so `Wanda_2:4` stays as it is.
+MARKDOWN_SPECIAL = re.compile(r"[\\`*~<>\[\]|$&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 class Column(Record):
@@ -55,9 +59,11 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
     other = any(model.other_params for model in study.models)
     if other:
         columns.append(Column("other_params", "Other", "params"))
+    # Content scan: shapes say nothing of zeros inside them, so a 50% Wanda model has the base's
+    # Params; what it really keeps is its nonzero count.
     scanned = any(model.sparsity is not None for model in study.models)
     if scanned:
-        columns.append(Column("sparsity", "Sparsity", "share"))
+        columns += [Column("nonzero_params", "Nonzero", "params"), Column("sparsity", "Sparsity", "share")]
     for task in board.columns:
         columns.append(Column(f"{task.task}/{task.metric}", task.task, "score",
                               "max" if task.higher_is_better else "min", task.percent, task.metric))
@@ -70,16 +76,17 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
         if other:
             row.append(model.other_params)
         if scanned:
-            row.append(model.sparsity)
+            row += [model.nonzero_params, model.sparsity]
         row += [board.values.get(model.name, {}).get(task.task) for task in board.columns]
         if board.average_over:
             row.append(board.averages.get(model.name))
         rows.append(tuple(row))
-    return Table(columns=tuple(columns), rows=tuple(rows), roles=tuple(model.role for model in study.models),
-                 notes=table_notes(study, board, scanned, other))
+    table = Table(columns=tuple(columns), rows=tuple(rows), roles=tuple(model.role for model in study.models),
+                  notes=())
+    return table.replace(notes=table_notes(study, board, scanned, other, bold=bool(best_cells(table))))
 
 
-def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool = False) -> tuple:
+def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool, bold: bool) -> tuple:
     notes = []
     if study.base_name and any(model.reduction_ratio is not None for model in study.models if model.role == "pruned"):
         notes.append(f"vs base: change in total parameters against {study.base_name}.")
@@ -88,10 +95,12 @@ def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool = Fa
     if other:
         notes.append("Other: SliceGPT's shortcut rotations and tensors outside attention, MLP, embeddings and norms.")
     if scanned:
-        notes.append("Sparsity: share of parameters that are zero.")
+        notes.append("Nonzero: parameters that are not zero; Sparsity: share of parameters that are zero "
+                     "(content scan).")
     if board.columns:
         percent = [column.task for column in board.columns if column.percent]
         notes.append("Scores" + (" in %" if percent else "") + ": " + "; ".join(board.notes) + ".")
+    if bold:
         notes.append("Best score among the pruned models in bold.")
     return tuple(notes)
 
@@ -107,7 +116,7 @@ def format_params(count: int | None) -> str:
     if count is None:
         return "-"
     for scale, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if abs(count) >= scale:
+        if abs(count) >= scale * 0.9995:  # 999.6M is 1.00B, not 1000M
             value = count / scale
             if round(abs(value), 2) < 10:
                 return f"{value:.2f}{suffix}"
@@ -152,21 +161,25 @@ def best_cells(table: Table) -> set[tuple[int, int]]:
 # -- formats ------------------------------------------------------------------------------------
 
 
+def markdown_escape(text: str) -> str:
+    return MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(), str(text))
+
+
 def to_markdown(table: Table) -> str:
     bold = best_cells(table)
 
     def header(column: Column) -> str:
-        return column.title + (f" ({column.subtitle})" if column.subtitle else "")
+        return markdown_escape(column.title + (f" ({column.subtitle})" if column.subtitle else ""))
 
     def cell(number: int, index: int, value) -> str:
-        text = format_cell(table.columns[index], value).replace("|", "\\|")
+        text = markdown_escape(format_cell(table.columns[index], value))
         return f"**{text}**" if (number, index) in bold else text
 
-    lines = ["| " + " | ".join(header(column).replace("|", "\\|") for column in table.columns) + " |",
+    lines = ["| " + " | ".join(header(column) for column in table.columns) + " |",
              "|" + "|".join(":---" if column.style == "text" else "---:" for column in table.columns) + "|"]
     for number, row in enumerate(table.rows):
         lines.append("| " + " | ".join(cell(number, index, value) for index, value in enumerate(row)) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(table.notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(markdown_escape(note) for note in table.notes) + "\n"
 
 
 def to_csv(table: Table) -> str:
@@ -224,8 +237,11 @@ def to_latex(table: Table, label: str = "tab:pruned-models") -> str:
     return "\n".join(lines + tabular + [r"\end{table}"]) + "\n"
 
 
+# effective_* (heads, KV heads and channels not zeroed in place), nonzero and sparsity come from the
+# content scan (--sparsity): empty cells for layers that were not scanned.
 LAYER_FIELDS = ("layer_idx", "base_layer_idx", "total", "attention", "mlp", "norm", "shortcut", "other",
-                "num_heads", "num_kv_heads", "intermediate_size", "is_zero_layer", "sparsity",
+                "num_heads", "effective_heads", "num_kv_heads", "effective_kv_heads", "intermediate_size",
+                "effective_intermediate_size", "is_zero_layer", "nonzero", "sparsity",
                 "base_total", "base_attention", "base_mlp")
 
 
