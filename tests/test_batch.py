@@ -320,3 +320,21 @@ def test_inspect_shows_base_layers_and_heads_zeroed_in_place(tmp_path):
     table = text[text.index("layer  base"):].splitlines()
     assert [line.split()[:2] for line in table[2:5]] == [["0", "0"], ["1", "2"], ["2", "4"]]
     assert table[2].split()[8] == "3/4"  # the heads column: one of four heads zeroed in place
+
+
+def test_bad_output_places_and_outputs_among_the_models(tmp_path):
+    models = tmp_path / "models"
+    builders.llama().save_pretrained(models / "m")
+    (tmp_path / "afile").write_text("x")
+    result = run_cli("analyze", "--models_dir", str(models), "--output_dir", str(tmp_path / "afile"))
+    assert result.returncode == 1 and "is a file" in result.stdout and "Traceback" not in result.stderr
+    result = run_cli("demo", str(tmp_path / "afile"))
+    assert result.returncode == 1 and "cannot write the demo" in result.stdout and "Traceback" not in result.stderr
+    # --output_dir inside --models_dir: a second run does not take prunescope's own files for models.
+    for _ in range(2):
+        assert run_cli("analyze", "--models_dir", str(models), "--output_dir", str(models / "out"),
+                       "--merge_results").returncode == 0
+    assert [r["name"] for r in load(models / "out" / "batch_analysis_results.json")["models"]] == ["m"]
+    # an analysis file that is valid JSON but not an analysis is redone, not an internal error
+    (models / "m" / "analysis" / "model_structure.json").write_text("[]")
+    assert run_cli("analyze", "--models_dir", str(models), "--output_dir", str(models / "out")).returncode == 0

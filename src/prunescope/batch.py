@@ -25,12 +25,16 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
 
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        say(f"✗ error: --output_dir {output_dir} is a file, not a folder (choose a folder)")
+        return 1
     say(RULE)
     say(f"Scanning model folder: {models_dir}" if models_dir else "Scanning the models given with --model")
     say(RULE)
     say()
     try:
-        entries = discover_models(models_dir, include, exclude, extra_models)
+        entries = [entry for entry in discover_models(models_dir, include, exclude, extra_models)
+                   if not _is_our_output(entry.path, output_dir)]
     except OSError as error:
         say(f"✗ error: {models_dir}: cannot list the models folder: {error.strerror or error} "
             "(check the path given to --models_dir)")
@@ -131,6 +135,16 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     say(_next_steps(models_dir, output_dir, merge, results))
     failed = any(result.status == "error" for result in results) or base_error is not None
     return 1 if failed else 0
+
+
+OUTPUT_NAMES = (BATCH_FILE, SUMMARY_FILE, "tables", "plots", "report.html")
+
+
+def _is_our_output(path: str, output_dir: str) -> bool:
+    """--output_dir itself, or what prunescope writes there (when it sits among the models)."""
+    real = os.path.realpath(path)
+    return real == os.path.realpath(output_dir) or any(
+        real == os.path.realpath(os.path.join(output_dir, name)) for name in OUTPUT_NAMES)
 
 
 def _progress(total: int):

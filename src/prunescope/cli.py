@@ -101,7 +101,9 @@ def _run(argv: list[str]) -> int:
         from .batch import run_batch
 
         if not args.models_dir and not args.model:
-            build_parser("analyze").error("give --models_dir, or --model PATH (repeatable), or both")
+            print("prunescope analyze: error: give --models_dir, or --model PATH (repeatable), or both",
+                  file=sys.stderr)
+            return 2
         status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                            merge=args.merge_results, force=args.force, include=args.include,
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,

@@ -20,7 +20,11 @@ def run_demo(directory: str) -> int:
 
     from .paper.command import run_report
 
-    models_dir, base_model = write_demo(directory)
+    try:
+        models_dir, base_model = write_demo(directory)
+    except OSError as error:
+        print(f"✗ error: {directory}: cannot write the demo there: {error.strerror or error} (choose another folder)")
+        return 1
     output_dir = os.path.join(directory, "baselines_analysis")
     print(f"Demo models written to {directory}/: a base Llama in base/, pruned variants in models/\n")
     status = run_batch(models_dir, base_model=base_model, output_dir=output_dir, merge=True, sparsity=True,

@@ -266,5 +266,5 @@ def _reuse(entry: ModelEntry, folder: str, base_config: dict | None) -> ModelAna
         findings = tuple(SecurityFinding(**finding) for finding in data.get("security_findings", []))
         return ModelAnalysis(structure, entry.checkpoint, data["checkpoint"]["format"],
                              load_config(entry.checkpoint.config_file), findings, data["source"])
-    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):
+        return None  # anything unexpected on disk: analyse again
