@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from . import __version__
 from .discover import discover_models
@@ -21,8 +22,6 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
               out=None, sparsity: bool = False, device: str = "auto") -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
-    from .cli import timestamp
-
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -147,6 +146,11 @@ def _is_our_output(path: str, output_dir: str) -> bool:
         real == os.path.realpath(os.path.join(output_dir, name)) for name in OUTPUT_NAMES)
 
 
+def timestamp() -> str:
+    """Local time like datetime's isoformat(timespec="seconds"), without importing datetime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _progress(total: int):
     """A progress bar over the models, for people watching a terminal; none in pipelines and logs."""
     if total < 2 or not sys.stderr.isatty():
@@ -208,8 +212,6 @@ def _batch_record(result: ModelResult) -> dict:
 
 def merge_results(results: list[ModelResult], models_dir: str) -> dict:
     """models_summary.json, built from the per-model analyses on disk."""
-    from .cli import timestamp
-
     models = []
     for result in results:
         if result.status != "analysed":

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -168,8 +167,3 @@ def _utf8_console() -> None:
                 stream.reconfigure(errors="replace")
             except (ValueError, OSError):
                 pass
-
-
-def timestamp() -> str:
-    """Local time like datetime's isoformat(timespec="seconds"), without importing datetime."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -4,9 +4,9 @@ A float is zero when its bits without the sign are zero, so -0.0 counts as zero.
 from the first element on and reading stops at the first nonzero value: a real weight matrix costs
 one small read, and only an all-zero tensor is read to its end.
 
-The fingerprint hashes each layer's shapes, dtypes and a few KB sampled from the start, middle and
-end of its tensors: a layer a depth-pruning method kept verbatim has the same fingerprint as in the
-base model, which is how removed layers are identified (full comparison would read everything).
+The fingerprint is a checksum of each layer's tensor names, shapes, dtypes and first pages (the very
+bytes the zero test reads): a layer a depth-pruning method kept verbatim has the same fingerprint as
+in the base model, which is how removed layers are identified (full comparison would read everything).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from . import __version__
 from .compare import Comparison
 from .contents import measure_layers
 from .discover import Checkpoint, ModelEntry, examine
-from .readers import read_tensor_index
+from .readers import read_tensor_index, shard_paths
 from .report import comparison_to_dict, structure_from_dict, structure_summary, structure_to_dict, write_json, write_atomic
 from .slicing import describe_slicing
 from .structure import ModelStructure, interpret
@@ -67,11 +67,9 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
     for path in checkpoint.weight_files:
         if path.endswith(".index.json"):
             try:
-                with open(path, encoding="utf-8") as handle:
-                    shards = dict.fromkeys(json.load(handle).get("weight_map", {}).values())
-                paths += [os.path.join(os.path.dirname(path), shard) for shard in shards]
-            except (OSError, ValueError, AttributeError):
-                pass
+                paths += shard_paths(path)
+            except CheckpointError:
+                pass  # reading the checkpoint will say what is wrong with its index
     paths += [path for path in (checkpoint.config_file, checkpoint.slicing_config) if path]
     files = []
     for path in paths:

@@ -377,16 +377,17 @@ def _layer(layer_idx, tensors, head_dim, prefix, classes, config, names, notes) 
         up_proj=roles.get("up_proj") or 0, down_proj=roles.get("down_proj") or 0,
         intermediate_size=rows.get("gate_proj", rows.get("up_proj", 0)),
         other=buckets["mlp_other"])
+    residual_width = _first_rows(weights, ("o_proj", "out_proj", "dense"))
     widths = {}
     if shortcut_shapes:
         widths = {"attention_input": _columns(weights, ("q_proj", "qkv_proj")),
-                  "attention_output": _first_rows(weights, ("o_proj", "out_proj", "dense")),
+                  "attention_output": residual_width,
                   "mlp_input": _columns(weights, ("gate_proj", "up_proj", "gate_up_proj", "fc1")),
                   "mlp_output": _first_rows(weights, ("down_proj", "fc2"))}
     return LayerStructure(
         layer_idx=layer_idx, total=attention.total + mlp.total + buckets["norm"] + buckets["shortcut"] + buckets["other"],
         attention=attention, mlp=mlp, norm=buckets["norm"], other=buckets["other"], shortcut=buckets["shortcut"],
-        residual_width=_first_rows(weights, ("o_proj", "out_proj", "dense")),
+        residual_width=residual_width,
         widths=widths, content_tensors=tuple(content))
 
 

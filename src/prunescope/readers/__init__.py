@@ -44,19 +44,25 @@ def _read_one(path: str) -> TensorIndex:
     return read_torch_file(path)
 
 
-def _resolve_index(index_path: str) -> list[str]:
-    """Shard files named by a Hugging Face `*.index.json`, in first-appearance order; all must exist."""
+def shard_paths(index_path: str) -> list[str]:
+    """Shard files named by a Hugging Face `*.index.json`, in first-appearance order."""
     try:
         with open(index_path, encoding="utf-8") as handle:
             weight_map = json.load(handle)["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
     except OSError as error:
         raise CheckpointError(index_path, f"cannot read shard index: {error.strerror or error}", "check permissions") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise CheckpointError(index_path, "shard index is not valid JSON with a weight_map", "re-save the model") from None
     folder = os.path.dirname(index_path)
-    shards = list(dict.fromkeys(weight_map.values()))
-    for shard in shards:
-        if not os.path.isfile(os.path.join(folder, shard)):
-            raise CheckpointError(os.path.join(folder, shard), "missing shard listed in " + os.path.basename(index_path),
-                                  "copy the missing file or re-save the model")
     return [os.path.join(folder, shard) for shard in shards]
+
+
+def _resolve_index(index_path: str) -> list[str]:
+    """The index's shard files; all must exist."""
+    paths = shard_paths(index_path)
+    for path in paths:
+        if not os.path.isfile(path):
+            raise CheckpointError(path, "missing shard listed in " + os.path.basename(index_path),
+                                  "copy the missing file or re-save the model")
+    return paths
