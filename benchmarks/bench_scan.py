@@ -168,7 +168,7 @@ SCAN_SCRIPT = '''
 import json, resource, sys, time
 import numpy  # imported here, not by the first scan, so the timings exclude it
 from prunescope.readers import read_tensor_index
-from prunescope.scan import scan_tensors
+from prunescope.measure.scan import scan_tensors
 repeat, workers, with_plain, index, files = int(sys.argv[1]), int(sys.argv[2]) or None, sys.argv[3] == "1", \
     sys.argv[4], sys.argv[5:]
 tensors = list(read_tensor_index([index]).tensors)

@@ -235,9 +235,9 @@ def test_bad_inputs_are_one_line_each_and_the_batch_goes_on(tmp_path):
 
 def test_unwritable_model_folder_falls_back_to_output_dir(batch, monkeypatch, capsys):
     tmp_path, models, built, _ = batch
-    import prunescope.report as report
+    import prunescope.atomic as atomic
 
-    real = report.write_atomic
+    real = atomic.write_atomic
 
     def refuse_model_folders(path, text):
         if str(models) in str(path):
@@ -245,7 +245,7 @@ def test_unwritable_model_folder_falls_back_to_output_dir(batch, monkeypatch, ca
         return real(path, text)
 
     monkeypatch.setattr("prunescope.pipeline.write_atomic", refuse_model_folders)
-    monkeypatch.setattr("prunescope.report.write_atomic", refuse_model_folders)
+    monkeypatch.setattr("prunescope.atomic.write_atomic", refuse_model_folders)
     out = tmp_path / "out"
     assert run_batch(str(models), output_dir=str(out), include=["Magnitude*"]) == 0
     assert "not writable" in capsys.readouterr().out

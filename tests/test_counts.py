@@ -8,7 +8,7 @@ import torch
 import builders
 from oracle import assert_matches, expected_structure, zero_layer_
 from prunescope.pipeline import analyse_path
-from prunescope.report import structure_to_dict
+from prunescope.schema import structure_to_dict
 
 
 def analysed(path, base_config=None) -> dict:

@@ -5,7 +5,7 @@ from transformers import OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM,
 
 from oracle import count
 from prunescope.pipeline import analyse_path
-from prunescope.report import structure_to_dict
+from prunescope.schema import structure_to_dict
 
 
 def opt():
@@ -106,3 +106,26 @@ def test_state_dict_without_config_still_counts(tmp_path, build):
     torch.save(model.state_dict(), tmp_path / "pruned_model.bin")
     structure = structure_to_dict(analyse_path(str(tmp_path / "pruned_model.bin"), model.config.to_dict()).structure)
     assert structure["total_params"] == model.num_parameters()
+
+
+def test_family_chosen_by_config_then_classes_then_tensor_names(tmp_path):
+    """Without a config (a bare state dict), the tensor names pick the description: a Phi-2 state dict
+    is read with Phi-2's table (dense -> o_proj, fc1 -> up_proj), not Llama's."""
+    import torch
+
+    from prunescope.families import choose_family
+
+    model = phi2()
+    names = list(model.state_dict())
+    assert choose_family({"model_type": "phi"}, {}, []).name == "phi"
+    assert choose_family({"architectures": ["Phi3ForCausalLM"]}, {}, []).name == "phi3"
+    assert choose_family({}, {"": "transformers.models.opt.modeling_opt.OPTForCausalLM"}, []).name == "opt"
+    assert choose_family({}, {}, names).name == "phi"
+    torch.save(model.state_dict(), tmp_path / "phi2_state_dict.bin")
+    structure = structure_to_dict(analyse_path(str(tmp_path / "phi2_state_dict.bin")).structure)
+    layer = model.model.layers[0]
+    assert structure["total_params"] == model.num_parameters()
+    assert structure["layers"][0]["attention"]["o_proj"] == count(layer.self_attn.dense)
+    assert structure["layers"][0]["mlp"]["up_proj"] == count(layer.mlp.fc1)
+    assert structure["layers"][0]["mlp"]["gate_proj"] is None
+    assert structure["projection_names"]["o_proj"] == "dense"

@@ -12,7 +12,7 @@ from oracle import assert_matches
 from prunescope.batch import run_batch
 from prunescope.discover import examine
 from prunescope.pipeline import analyse_path
-from prunescope.report import structure_to_dict
+from prunescope.schema import structure_to_dict
 from prunescope.tensors import CheckpointError
 
 

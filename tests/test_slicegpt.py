@@ -17,7 +17,7 @@ import torch
 import builders
 from prunescope.batch import run_batch
 from prunescope.pipeline import analyse_path
-from prunescope.report import structure_to_dict
+from prunescope.schema import structure_to_dict
 from test_families import opt, phi2, phi3
 
 

@@ -10,8 +10,8 @@ from oracle import zero_layer_
 from prunescope.batch import run_batch
 from prunescope.pipeline import ScanOptions, analyse_path
 from prunescope.readers import read_tensor_index
-from prunescope.report import structure_to_dict
-from prunescope.scan import scan_tensors
+from prunescope.schema import structure_to_dict
+from prunescope.measure.scan import scan_tensors
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -195,7 +195,7 @@ def test_cuda_scan_matches_torch(tmp_path):
 def test_count_block_against_torch(monkeypatch, width, packed_bits):
     import numpy as np
 
-    from prunescope.scan import count_block
+    from prunescope.measure.scan import count_block
 
     if not packed_bits and hasattr(np, "bitwise_count"):
         monkeypatch.delattr(np, "bitwise_count")  # the numpy < 2 way

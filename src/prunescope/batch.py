@@ -9,13 +9,13 @@ import time
 
 from . import __version__
 from .discover import discover_models
-from .pipeline import COMPARISON_FILE, STRUCTURE_FILE, ModelResult, ScanOptions, analyse_entry, analyse_path
-from .report import format_table, human, reduction, value_range, write_json
+from .atomic import write_json
+from .console import format_table, human, reduction, value_range
+from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
+from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
 
 RULE = "=" * 80
-BATCH_FILE = "batch_analysis_results.json"
-SUMMARY_FILE = "models_summary.json"
 
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
@@ -65,7 +65,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
 
     scan = None
     if sparsity:
-        from .scan import choose_device  # numpy (and maybe torch) only when contents are scanned
+        from .measure.scan import choose_device  # numpy (and maybe torch) only when contents are scanned
 
         try:
             scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
@@ -120,7 +120,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
         say(f"✗ error: {batch_path}: cannot write: {error.strerror or error} (choose a writable --output_dir)")
         base_error = base_error or "output not writable"
     if merge:
-        summary_path = os.path.join(output_dir, SUMMARY_FILE)
+        summary_path = os.path.join(output_dir, MODELS_SUMMARY_FILE)
         try:
             write_json(summary_path, merge_results(results, models_dir))
             say(f"✓ merged summary saved: {summary_path}")
@@ -136,7 +136,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     return 1 if failed else 0
 
 
-OUTPUT_NAMES = (BATCH_FILE, SUMMARY_FILE, "tables", "plots", "report.html")
+OUTPUT_NAMES = (BATCH_FILE, MODELS_SUMMARY_FILE, "tables", "plots", "report.html")
 
 
 def _is_our_output(path: str, output_dir: str) -> bool:

@@ -40,7 +40,7 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    from .paper.command import add_report_arguments as add  # the paper package loads only for this command
+    from .report.command import add_report_arguments as add  # the report package loads only for this command
 
     add(parser)
 
@@ -108,12 +108,12 @@ def _run(argv: list[str]) -> int:
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
                            device=args.device)
         if args.report:
-            from .paper.command import run_report
+            from .report.command import run_report
 
             status = max(status, run_report(args.output_dir, models_dir=args.models_dir))
         return status
     if args.command == "report":
-        from .paper.command import report_from_args
+        from .report.command import report_from_args
 
         return report_from_args(args)
     if args.command == "inspect":
@@ -130,13 +130,14 @@ def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bo
                   device: str = "auto") -> int:
     from .compare import compare
     from .pipeline import ScanOptions, analyse_path
-    from .report import structure_summary, structure_to_dict
+    from .console import structure_summary
+    from .schema import structure_to_dict
     from .tensors import CheckpointError
 
     try:
         scan = None
         if sparsity:
-            from .scan import choose_device
+            from .measure.scan import choose_device
 
             scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
         base = analyse_path(base_model, scan=scan) if base_model else None
@@ -146,7 +147,7 @@ def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bo
         return 1
     comparison = compare(base.structure, analysis.structure) if base else None
     if as_json:
-        from .report import comparison_to_dict
+        from .schema import comparison_to_dict
 
         data = structure_to_dict(analysis.structure)
         data["security_findings"] = [finding.line() for finding in analysis.findings]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from .structure import LayerStructure, ModelStructure
+from .interpret.structure import LayerStructure, ModelStructure
 from .records import Record
 
 ATTENTION_FIELDS = ("total", "q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "num_kv_heads")

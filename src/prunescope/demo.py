@@ -18,7 +18,7 @@ def write_demo(directory: str) -> tuple[str, str]:
 def run_demo(directory: str) -> int:
     from .batch import run_batch
 
-    from .paper.command import run_report
+    from .report.command import run_report
 
     try:
         models_dir, base_model = write_demo(directory)

@@ -10,18 +10,17 @@ import os
 
 from . import __version__
 from .compare import Comparison
-from .contents import measure_layers
 from .discover import Checkpoint, ModelEntry, examine
 from .readers import read_tensor_index, shard_paths
-from .report import comparison_to_dict, structure_from_dict, structure_summary, structure_to_dict, write_json, write_atomic
-from .slicing import describe_slicing
-from .structure import ModelStructure, interpret
+from .atomic import write_atomic, write_json
+from .console import structure_summary
+from .interpret import ModelStructure, describe_slicing, interpret
+from .interpret.interpret import FROM_BASE, UNKNOWN
+from .measure.layers import measure_layers
+from .schema import (COMPARISON_FILE, STRUCTURE_FILE, SUMMARY_FILE, comparison_to_dict, structure_from_dict,
+                     structure_to_dict)
 from .tensors import CheckpointError, SecurityFinding
 from .records import Record
-
-STRUCTURE_FILE = "model_structure.json"
-COMPARISON_FILE = "model_comparison.json"
-SUMMARY_FILE = "structure_summary.txt"
 
 
 class ModelAnalysis(Record):
@@ -92,7 +91,7 @@ def config_digest(config: dict | None) -> str | None:
 
 def _depends_on_base(structure: ModelStructure) -> bool:
     # Only head_dim can come from the base config (when the model's own config does not give it).
-    return structure.head_dim_source.startswith("base config") or structure.head_dim_source == "unknown"
+    return structure.head_dim_source in (*FROM_BASE, UNKNOWN)
 
 
 class ScanOptions(Record):
@@ -128,7 +127,7 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
 
 
 def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> ModelStructure:
-    from .scan import apply_contents, scan_tensors
+    from .measure.scan import apply_contents, scan_tensors
 
     skipped = set(structure.buffers)
     tensors = [t for t in index.tensors if t.alias_of is None and t.name not in skipped]
@@ -140,7 +139,7 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> Mo
                    desc=f"scanning {structure.model_name}", leave=False)
     try:
         # Fused projections (Phi-3) are split into q/k/v and gate/up by rows: count their groups per row.
-        fused = frozenset(t.name for t in tensors if t.name.endswith(("qkv_proj.weight", "gate_up_proj.weight")))
+        fused = frozenset(name for layer in structure.layers for name in layer.fused_rows)
         contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None,
                                 per_row_groups=fused)
     finally:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .tensors import FLOAT_DTYPES
+from ..tensors import FLOAT_DTYPES
 
 SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # All bits but the sign: a float is zero when these are zero (-0.0 included).
@@ -40,7 +40,7 @@ def _read(job, layout, device):
     with open(tensor.file, "rb") as handle:
         got = os.preadv(handle.fileno(), [buffer.numpy()], first)
     if got != span:
-        from .tensors import CheckpointError
+        from ..tensors import CheckpointError
 
         raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full", "re-save it")
     return buffer, strides

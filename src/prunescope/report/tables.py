@@ -13,7 +13,7 @@ import io
 import re
 
 from ..records import Record
-from ..report import reduction
+from ..console import reduction
 from .evals import Scoreboard
 from .study import Study
 

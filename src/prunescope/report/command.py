@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from ..report import write_atomic
+from ..atomic import write_atomic
 from .evals import build_scoreboard, parse_metric_choices
 from .study import StudyError, load_study
 from .tables import layers_csv, summary_table, to_csv, to_latex, to_markdown

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from .structure import ModelStructure
-from .tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
+from ..interpret.structure import ModelStructure
+from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20

@@ -14,8 +14,8 @@ import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from .tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
-from .records import Record
+from ..tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
+from ..records import Record
 
 CHUNK_BYTES = 4 << 20  # small enough to stay in cache while a chunk's several passes run
 UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
@@ -262,7 +262,8 @@ class _Counter:
 
 def apply_contents(structure, contents: dict[str, TensorContents]):
     """The structure with nonzero counts, N:M patterns and structured zeros per projection, layer and model."""
-    from .structure import ATTENTION_ROLES, MLP_ROLES, LayerContents, ModelContents, _role
+    from ..families.base import ATTENTION_BUCKETS, MLP_BUCKETS
+    from ..interpret.structure import LayerContents, ModelContents
 
     layers = []
     compliant_model = {pattern: True for pattern in ("2:4", "4:8")}
@@ -270,21 +271,19 @@ def apply_contents(structure, contents: dict[str, TensorContents]):
         nonzero = {"attention": 0, "mlp": 0}
         per_projection: dict[str, int] = {}
         weights: dict[str, TensorContents] = {}
-        start = f"{structure.layer_prefix}.{layer.layer_idx}."
-        layer_names = [name for name in contents if name.startswith(start)]
+        layer_names = [name for name in layer.tensor_roles if name in contents]
+        weight_names = {}
         for name in layer_names:
-            rest = name[len(start):]
-            bucket, module = _role(rest)
-            part = "attention" if bucket in ("attention", "attention_other", "qk_norm") else \
-                "mlp" if bucket in ("mlp", "mlp_other") else None
+            bucket, role = layer.tensor_roles[name]
+            part = "attention" if bucket in ATTENTION_BUCKETS else "mlp" if bucket in MLP_BUCKETS else None
             if part:
                 nonzero[part] += contents[name].nonzero
             if bucket in ("attention", "mlp"):
-                role = ATTENTION_ROLES.get(module) or MLP_ROLES[module]
                 per_projection[role] = per_projection.get(role, 0) + contents[name].nonzero
-                if rest.endswith(".weight") and contents[name].row_nonzero is not None:
+                if name.endswith(".weight") and contents[name].row_nonzero is not None:
                     weights[role] = contents[name]
-        _split_fused_nonzero(layer, weights, per_projection)
+                    weight_names[role] = name
+        _split_fused_nonzero(layer, weights, weight_names, per_projection)
         nm = {pattern: bool(weights) and all(_complies(c, pattern) for c in weights.values())
               for pattern in ("2:4", "4:8")}
         for pattern in nm:
@@ -324,20 +323,11 @@ def _complies(contents: TensorContents, pattern: str) -> bool:
     return compliant == total
 
 
-def _split_fused_nonzero(layer, weights: dict, per_projection: dict) -> None:
+def _split_fused_nonzero(layer, weights: dict, weight_names: dict, per_projection: dict) -> None:
     """Phi-3's qkv_proj / gate_up_proj: nonzeros, N:M groups and zero rows per part, from the per-row
-    counts (input columns are shared by the parts, so zero columns stay with the fused weight; a fused
-    bias is not split)."""
-    parts = {}
-    if "qkv_proj" in weights and layer.attention.num_heads is not None and layer.attention.num_kv_heads is not None:
-        heads, kv_heads = layer.attention.num_heads, layer.attention.num_kv_heads
-        rows = len(weights["qkv_proj"].row_nonzero)
-        head_rows = rows // (heads + 2 * kv_heads)
-        q, k = heads * head_rows, kv_heads * head_rows
-        parts["qkv_proj"] = (("q_proj", 0, q), ("k_proj", q, q + k), ("v_proj", q + k, rows))
-    if "gate_up_proj" in weights:
-        rows = len(weights["gate_up_proj"].row_nonzero)
-        parts["gate_up_proj"] = (("gate_proj", 0, rows // 2), ("up_proj", rows // 2, rows))
+    counts, divided where stage 3 divided the rows (input columns are shared by the parts, so zero
+    columns stay with the fused weight; a fused bias is not split)."""
+    parts = {role: layer.fused_rows[name] for role, name in weight_names.items() if name in layer.fused_rows}
     for fused, pieces in parts.items():
         whole = weights.pop(fused)
         per_projection.pop(fused, None)

@@ -23,13 +23,9 @@ import time
 from collections import Counter
 
 from ..records import Record
+from ..schema import BATCH_FILE, COMPARISON_FILE, STRUCTURE_FILE
 from .evals import EvalError, find_results_files, newest_per_task, read_results_file
 
-# The names the batch writes (prunescope.batch.BATCH_FILE, pipeline.STRUCTURE_FILE, ...); repeated
-# here so that the report depends on the files, not on the analysis code (a test keeps them equal).
-BATCH_FILE = "batch_analysis_results.json"
-STRUCTURE_FILE = "model_structure.json"
-COMPARISON_FILE = "model_comparison.json"
 
 # Words that say "the evaluation of" rather than "a variant of" a model, in a results folder's name.
 EVAL_WORDS = {"eval", "evals", "evaluation", "evaluations", "result", "results", "lmeval", "lm_eval",

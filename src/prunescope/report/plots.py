@@ -14,7 +14,7 @@ import math
 import os
 
 from ..records import Record
-from ..report import write_atomic
+from ..atomic import write_atomic
 from .evals import Scoreboard
 from .study import ModelRow, Study
 from .tables import format_change, format_params

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 
+from ..families import choose_family
+from ..families.base import EMBEDDING, LM_HEAD, POSITIONS, is_weight
+from ..tensors import TensorIndex
 from .structure import ModelStructure
-from .tensors import TensorIndex
 
 # SlicingConfig field -> the per-layer width it fixes (parallel blocks leave some of them empty).
 LAYER_FIELDS = {
@@ -32,7 +34,7 @@ def describe_slicing(structure: ModelStructure, index: TensorIndex, slicing: dic
             actual = layer.widths.get(width)
             if expected is not None and actual is not None and expected != actual:
                 mismatches.append({"field": field, "layer": layer.layer_idx, "config": expected, "actual": actual})
-    widths = _model_widths(index)
+    widths = _model_widths(structure, index)
     embeddings = slicing.get("embedding_dimensions") or {}
     for key, actual in (("0", widths.get("embedding")), ("1", widths.get("position_embedding"))):
         if embeddings.get(key) is not None and actual is not None and embeddings[key] != actual:
@@ -75,17 +77,15 @@ def describe_slicing(structure: ModelStructure, index: TensorIndex, slicing: dic
     return structure.replace(slicing=description, notes=tuple(notes), config_mismatches=config_mismatches)
 
 
-def _model_widths(index: TensorIndex) -> dict:
+def _model_widths(structure: ModelStructure, index: TensorIndex) -> dict:
+    """Input widths of the embeddings and the LM head, which SliceGPT slices like the layers."""
+    family = choose_family({"model_type": structure.family}, index.module_classes, [t.name for t in index.tensors])
+    keys = {EMBEDDING: "embedding", POSITIONS: "position_embedding", LM_HEAD: "head"}
     widths = {}
     for tensor in index.tensors:
-        if len(tensor.shape) != 2:
-            continue
-        if tensor.name.endswith("embed_tokens.weight"):
-            widths["embedding"] = tensor.shape[1]
-        elif tensor.name.endswith("embed_positions.weight"):
-            widths["position_embedding"] = tensor.shape[1]
-        elif tensor.name.split(".")[0] == "lm_head" and tensor.name.endswith("weight"):
-            widths["head"] = tensor.shape[1]
+        role = family.outside_role(tensor.name)
+        if len(tensor.shape) == 2 and is_weight(tensor.name) and role in keys:
+            widths[keys[role]] = tensor.shape[1]
     return widths
 
 

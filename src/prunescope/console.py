@@ -1,0 +1,170 @@
+"""Text for people: numbers made readable, aligned tables, each model's structure_summary.txt.
+
+The JSON files keep exact values; this module only words them.
+"""
+
+from __future__ import annotations
+
+from .compare import Comparison
+from .interpret.structure import ModelStructure
+
+def human(count: int | None) -> str:
+    """1234567 -> '1.23M': for people; the JSON keeps exact integers."""
+    if count is None:
+        return "-"
+    for scale, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f}{suffix}"
+    return str(count)
+
+
+def reduction(ratio: float | None) -> str:
+    """A reduction ratio as a signed change in size: 0.224 -> '-22.4%', a larger model -> '+3.0%'."""
+    if ratio is None:
+        return "-"
+    if abs(ratio) < 0.0005:
+        return "0.0%"
+    return f"{-ratio * 100:+.1f}%"
+
+
+def value_range(values) -> str:
+    known = [value for value in values if value is not None]
+    if not known:
+        return "-"
+    low, high = min(known), max(known)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def layer_table(structure: ModelStructure, comparison: Comparison | None = None) -> str:
+    """One row per layer. With a comparison, which base layer each was paired with; with a content scan,
+    nonzeros, sparsity, and heads / MLP channels left once those zeroed in place are discounted."""
+    sliced = any(layer.shortcut for layer in structure.layers)
+    scanned = any(layer.contents is not None for layer in structure.layers)
+    base_of = {layer.layer_idx: layer.original_layer_idx for layer in comparison.layers} if comparison else {}
+    header = (("layer",) + (("base",) if comparison else ())
+              + ("total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
+              + (("shortcut",) if sliced else ()) + (("nonzero", "sparsity") if scanned else ()) + ("zero",))
+    rows = [header]
+    for layer in structure.layers:
+        attention, mlp, contents = layer.attention, layer.mlp, layer.contents
+        heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), _text(mlp.intermediate_size)
+        if contents is not None:  # "3/4": heads whose weights are all zero are not counted as left
+            heads = _effective(contents.effective_heads, attention.num_heads)
+            kv_heads = _effective(contents.effective_kv_heads, attention.num_kv_heads)
+            inter = _effective(contents.effective_intermediate_size, mlp.intermediate_size)
+        rows.append(
+            (str(layer.layer_idx),) + ((_text(base_of.get(layer.layer_idx)),) if comparison else ())
+            + (human(layer.total), human(attention.total), human(attention.q_proj), human(attention.k_proj),
+               human(attention.v_proj), human(attention.o_proj), heads, kv_heads, human(mlp.total),
+               human(mlp.gate_proj), human(mlp.up_proj), human(mlp.down_proj), inter, human(layer.norm))
+            + ((human(layer.shortcut),) if sliced else ())
+            + ((human(contents.nonzero), f"{(1 - contents.nonzero / layer.total) * 100 if layer.total else 0:.1f}%")
+               if scanned and contents is not None else ("-", "-") if scanned else ())
+            + ({True: "yes", False: "", None: "?"}[layer.is_zero_layer],))
+    return format_table(rows)
+
+
+def _effective(left: int | None, total: int | None) -> str:
+    if left is None or total is None or left == total:
+        return _text(total)
+    return f"{left}/{total}"
+
+
+def _text(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(rows, left=(0,)) -> str:
+    """Plain aligned columns: numbers to the right, the columns in `left` (text) to the left."""
+    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for number, row in enumerate(rows):
+        lines.append("  ".join(str(cell).ljust(width) if column in left else str(cell).rjust(width)
+                               for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def structure_summary(structure: ModelStructure, comparison: Comparison | None, kind: str,
+                      findings: list[str], checkpoint_path: str) -> str:
+    """structure_summary.txt: what a person wants to know about one model, in one screen."""
+    layers = structure.layers
+    lines = [
+        f"Model: {structure.model_name}",
+        f"Checkpoint: {checkpoint_path} ({kind})",
+    ]
+    if structure.slicing:
+        lines.append(f"Slicing: {structure.slicing['summary']} "
+                     f"(shortcut matrices: {structure.slicing['shortcut_params']:,} parameters)")
+    lines += [
+        f"Family: {structure.family}    head_dim: {_text(structure.head_dim)} ({structure.head_dim_source})",
+        "",
+        f"Total parameters:     {structure.total_params:,} ({human(structure.total_params)})",
+        f"Embedding parameters: {structure.embedding_params:,}",
+        f"LM head parameters:   {structure.lm_head_params:,}"
+        + (" (tied to the embedding, counted once)" if structure.tied_embeddings else ""),
+        f"Layers:               {structure.num_layers} ({structure.total_layer_params:,} parameters)",
+        f"Heads per layer:      {value_range(layer.attention.num_heads for layer in layers)}"
+        f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
+        f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
+    ]
+    if structure.contents is not None:
+        contents = structure.contents
+        lines.append(f"Nonzero parameters:   {contents.nonzero_params:,} (sparsity {contents.sparsity * 100:.2f}%"
+                     + (f", {contents.nm_sparsity} everywhere)" if contents.nm_sparsity else ")"))
+        effective = [(layer.layer_idx, layer.contents) for layer in layers if layer.contents is not None]
+        zeroed_heads = [f"{idx}: {c.effective_heads}/{layer.attention.num_heads}" for (idx, c), layer
+                        in zip(effective, layers) if c.effective_heads is not None
+                        and layer.attention.num_heads is not None and c.effective_heads < layer.attention.num_heads]
+        if zeroed_heads:
+            lines.append(f"Heads zeroed in place (layer: effective/heads): {', '.join(zeroed_heads)}")
+        zeroed_channels = [f"{idx}: {c.effective_intermediate_size}/{layer.mlp.intermediate_size}"
+                           for (idx, c), layer in zip(effective, layers)
+                           if c.effective_intermediate_size is not None and layer.mlp.intermediate_size
+                           and c.effective_intermediate_size < layer.mlp.intermediate_size]
+        if zeroed_channels:
+            lines.append(f"MLP channels zeroed in place (layer: effective/intermediate): {', '.join(zeroed_channels)}")
+    zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
+    if zero:
+        lines.append(f"All-zero layers:      {zero}")
+    if structure.position_embedding_params:
+        lines.append(f"Position embeddings:  {structure.position_embedding_params:,}")
+    if structure.other_params:
+        lines.append(f"Other parameters:     {structure.other_params:,} ({', '.join(structure.other_tensors)})")
+    if comparison is not None:
+        total, layer_total = comparison.total_params, comparison.layer_params
+        lines += [
+            "",
+            f"Compared with {comparison.original_name}:",
+            f"  total:  {total.original:,} -> {total.pruned:,}  ({reduction(total.reduction_ratio)})",
+            f"  layers: {layer_total.original:,} -> {layer_total.pruned:,}  ({reduction(layer_total.reduction_ratio)})",
+            f"  layer count: {comparison.num_layers.original} -> {comparison.num_layers.pruned}"
+            f"  (matched by {comparison.layer_matching.method}: {comparison.layer_matching.note})",
+        ]
+        if comparison.nonzero_params is not None:
+            nonzero = comparison.nonzero_params
+            lines.append(f"  nonzero: {nonzero.original:,} -> {nonzero.pruned:,}  ({reduction(nonzero.reduction_ratio)})")
+        if comparison.layer_matching.removed_original_layers:
+            lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
+        for warning in comparison.warnings:
+            lines.append(f"  ⚠ is this the right base? {warning}")
+    if structure.config_mismatches:
+        lines += ["", "The config disagrees with the tensor shapes (the shapes are used):"]
+        for mismatch in structure.config_mismatches:
+            per_layer = mismatch.get("per_layer")
+            if per_layer:
+                shapes = ", ".join(f"layer {idx}: {value}" for idx, value in per_layer.items())
+            else:
+                shapes = str(mismatch["actual"])
+            lines.append(f"  {mismatch['field']}: config {mismatch['config']}; shapes: {shapes}")
+    if structure.slicing and structure.slicing["mismatches"]:
+        lines += ["", "The slicing configuration disagrees with the shapes (the shapes are used):"]
+        lines += [f"  {m}" for m in structure.slicing["mismatches"]]
+    if structure.notes:
+        lines += ["", "Notes:"] + [f"  {note}" for note in structure.notes]
+    if findings:
+        lines += ["", "SECURITY: the pickle references code no checkpoint needs (nothing was run):"]
+        lines += [f"  {finding}" for finding in findings]
+    lines += ["", layer_table(structure, comparison), ""]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""The records stage 3 hands on: a model's structure, layer by layer, as the shapes give it.
+
+Stage 4 (`prunescope.measure`) fills in `is_zero_layer`, `fingerprint` and, with --sparsity,
+`contents`; `prunescope.schema` turns these records into JSON and back.
+"""
+
+from __future__ import annotations
+
+from ..records import Record
+
+
+class AttentionStructure(Record):
+    type: str
+    total: int
+    q_proj: int
+    k_proj: int
+    v_proj: int
+    o_proj: int
+    num_heads: int | None
+    num_kv_heads: int | None
+    qk_norm: int = 0  # q_norm/k_norm inside the attention module (Qwen3, Gemma3)
+    other: int = 0
+
+
+class MlpStructure(Record):
+    type: str
+    total: int
+    gate_proj: int | None  # None for MLPs without a gate (OPT, Phi-2: fc1/fc2)
+    up_proj: int
+    down_proj: int
+    intermediate_size: int | None
+    other: int = 0
+
+
+class LayerContents(Record):
+    """What a layer's bytes hold (with --sparsity). Projections by their schema names."""
+
+    nonzero: int
+    attention_nonzero: int
+    mlp_nonzero: int
+    projection_nonzero: dict  # "q_proj" -> nonzero values (weight and bias)
+    projection_nm: dict  # "q_proj" -> {"2:4": share of complying groups, "4:8": ...}
+    projection_zero_rows: dict  # "q_proj" -> output rows that are all zero
+    projection_zero_columns: dict  # "q_proj" -> input columns that are all zero
+    nm_sparsity: str | None  # "2:4" when every linear weight of the layer complies, else "4:8", else None
+    effective_heads: int | None  # heads whose q rows or o columns are not all zero
+    effective_kv_heads: int | None
+    effective_intermediate_size: int | None  # MLP channels not zeroed in gate, up and down alike
+
+
+class ModelContents(Record):
+    nonzero_params: int
+    sparsity: float  # 1 - nonzero / total
+    nm_sparsity: str | None
+    tensors: tuple[dict, ...]  # {"name", "numel", "nonzero"} per parameter tensor
+
+
+class LayerStructure(Record):
+    layer_idx: int
+    total: int
+    attention: AttentionStructure
+    mlp: MlpStructure
+    norm: int
+    is_zero_layer: bool | None = None  # None until the contents are measured
+    other: int = 0  # parameters of the layer that are neither attention, MLP nor norms
+    shortcut: int = 0  # SliceGPT's attn_shortcut_Q + mlp_shortcut_Q
+    # Widths the layer reads and writes (SliceGPT slices them): attention_input, attention_output,
+    # mlp_input, mlp_output; empty when the layer has no shortcut matrices.
+    widths: dict = {}
+    fingerprint: str | None = None  # hash of sampled contents: equal for a layer kept verbatim
+    contents: LayerContents | None = None  # with --sparsity
+    # For the content stage, not part of the report: how stage 3 placed each of the layer's tensors
+    # (full name -> (bucket, role or None)), and how each fused weight's rows divide among its parts
+    # (full name -> ((role, first row, end row), ...)).
+    tensor_roles: dict[str, tuple[str, str | None]] = {}
+    fused_rows: dict[str, tuple[tuple[str, int, int], ...]] = {}
+
+    @property
+    def content_tensors(self) -> tuple[str, ...]:
+        """The attention and MLP parameters: what decides whether a layer is all zero."""
+        return tuple(name for name, (bucket, _) in self.tensor_roles.items()
+                     if bucket in ("attention", "attention_other", "mlp", "mlp_other"))
+
+
+class ModelStructure(Record):
+    model_name: str
+    family: str
+    total_params: int
+    embedding_params: int
+    lm_head_params: int
+    tied_embeddings: bool
+    final_norm_params: int
+    other_params: int
+    layers: tuple[LayerStructure, ...]
+    hidden_size: int | None
+    vocab_size: int | None
+    head_dim: int | None
+    head_dim_source: str
+    dtypes: dict[str, int]
+    other_tensors: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
+    config_mismatches: tuple[dict, ...] = ()
+    notes: tuple[str, ...] = ()
+    position_embedding_params: int = 0  # learned position embeddings (OPT)
+    # Schema name -> the family's own name, where they differ (e.g. o_proj -> out_proj).
+    projection_names: dict = {}
+    slicing: dict | None = None  # SliceGPT: the slicing configuration and how it matches the shapes
+    layer_prefix: str = ""  # the decoder stack's tensor names start with "<layer_prefix>.<layer_idx>."
+    contents: ModelContents | None = None  # with --sparsity
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def total_layer_params(self) -> int:
+        return sum(layer.total for layer in self.layers)

@@ -1,0 +1,200 @@
+"""The output files' names and JSON schemas: the original tool's (extended, never renamed), converted
+both ways. Writers (pipeline, batch) and readers (the report command) go through here.
+
+Nothing here knows about checkpoint file formats; see atomic.py for how files are written.
+"""
+
+from __future__ import annotations
+
+from .compare import Change, Comparison
+from .interpret.structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
+                                  ModelStructure)
+
+# Per model, in <model>/analysis/ (or <output_dir>/<model>/analysis/):
+STRUCTURE_FILE = "model_structure.json"
+COMPARISON_FILE = "model_comparison.json"
+SUMMARY_FILE = "structure_summary.txt"  # console.structure_summary
+# Per batch, in <output_dir>/:
+BATCH_FILE = "batch_analysis_results.json"
+MODELS_SUMMARY_FILE = "models_summary.json"  # with --merge_results
+
+# -- model_structure.json -------------------------------------------------------------------------
+
+
+def structure_to_dict(structure: ModelStructure) -> dict:
+    return {
+        "model_name": structure.model_name,
+        "total_params": structure.total_params,
+        "embedding_params": structure.embedding_params,
+        "lm_head_params": structure.lm_head_params,
+        "layer_summary": {"num_layers": structure.num_layers, "total_layer_params": structure.total_layer_params},
+        "layers": [_layer_to_dict(layer) for layer in structure.layers],
+        "tied_embeddings": structure.tied_embeddings,
+        "final_norm_params": structure.final_norm_params,
+        "other_params": structure.other_params,
+        "other_tensors": list(structure.other_tensors),
+        "position_embedding_params": structure.position_embedding_params,
+        "family": structure.family,
+        "hidden_size": structure.hidden_size,
+        "vocab_size": structure.vocab_size,
+        "head_dim": structure.head_dim,
+        "head_dim_source": structure.head_dim_source,
+        "dtypes": structure.dtypes,
+        "buffers": list(structure.buffers),
+        "config_mismatches": list(structure.config_mismatches),
+        "notes": list(structure.notes),
+        "projection_names": structure.projection_names,
+        "slicing": structure.slicing,
+        "layer_prefix": structure.layer_prefix,
+        **_model_contents_fields(structure.contents),
+    }
+
+
+def _model_contents_fields(contents: ModelContents | None) -> dict:
+    if contents is None:
+        return {}
+    return {"nonzero_params": contents.nonzero_params, "sparsity": contents.sparsity,
+            "nm_sparsity": contents.nm_sparsity, "tensors": list(contents.tensors)}
+
+
+def _layer_to_dict(layer: LayerStructure) -> dict:
+    attention, mlp, contents = layer.attention, layer.mlp, layer.contents
+    data = {
+        "layer_idx": layer.layer_idx,
+        "total": layer.total,
+        "attention": {
+            "type": attention.type, "total": attention.total,
+            "q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
+            "o_proj": attention.o_proj, "num_heads": attention.num_heads, "num_kv_heads": attention.num_kv_heads,
+            "qk_norm": attention.qk_norm, "other": attention.other,
+        },
+        "mlp": {
+            "type": mlp.type, "total": mlp.total, "gate_proj": mlp.gate_proj, "up_proj": mlp.up_proj,
+            "down_proj": mlp.down_proj, "intermediate_size": mlp.intermediate_size, "other": mlp.other,
+        },
+        "norm": layer.norm,
+        "is_zero_layer": layer.is_zero_layer,
+        "other": layer.other,
+        "shortcut": layer.shortcut,
+        **({"widths": layer.widths} if layer.widths else {}),
+        "fingerprint": layer.fingerprint,
+    }
+    if contents is not None:
+        data["nonzero"] = contents.nonzero
+        data["sparsity"] = 1 - contents.nonzero / layer.total if layer.total else 0.0
+        data["nm_sparsity"] = contents.nm_sparsity
+        for part, projections, extra in (
+                ("attention", ATTENTION_NAMES, {"effective_heads": contents.effective_heads,
+                                                "effective_kv_heads": contents.effective_kv_heads}),
+                ("mlp", MLP_NAMES, {"effective_intermediate_size": contents.effective_intermediate_size})):
+            section = data[part]
+            section["nonzero"] = getattr(contents, f"{part}_nonzero")
+            for projection in projections:
+                if projection in contents.projection_nonzero:
+                    section[f"{projection}_nonzero"] = contents.projection_nonzero[projection]
+                for key, values in (("nm", contents.projection_nm), ("zero_rows", contents.projection_zero_rows),
+                                    ("zero_columns", contents.projection_zero_columns)):
+                    if projection in values:
+                        section[f"{projection}_{key}"] = values[projection]
+            section.update(extra)
+    return data
+
+
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+# Keys the content scan adds inside attention/mlp; stripped when rebuilding the plain structure.
+CONTENT_SUFFIXES = ("_nonzero", "_nm", "_zero_rows", "_zero_columns")
+CONTENT_KEYS = ("nonzero", "effective_heads", "effective_kv_heads", "effective_intermediate_size")
+
+
+def _layer_contents_from_dict(layer: dict) -> LayerContents | None:
+    if "nonzero" not in layer:
+        return None
+    attention, mlp = layer["attention"], layer["mlp"]
+    merged = {**attention, **mlp}
+    names = ATTENTION_NAMES + MLP_NAMES
+
+    def per(key):
+        return {name: merged[f"{name}_{key}"] for name in names if f"{name}_{key}" in merged}
+
+    return LayerContents(
+        nonzero=layer["nonzero"], attention_nonzero=attention["nonzero"], mlp_nonzero=mlp["nonzero"],
+        projection_nonzero=per("nonzero"), projection_nm=per("nm"), projection_zero_rows=per("zero_rows"),
+        projection_zero_columns=per("zero_columns"), nm_sparsity=layer["nm_sparsity"],
+        effective_heads=attention["effective_heads"], effective_kv_heads=attention["effective_kv_heads"],
+        effective_intermediate_size=mlp["effective_intermediate_size"])
+
+
+def _plain(section: dict) -> dict:
+    return {key: value for key, value in section.items()
+            if key not in CONTENT_KEYS and not key.endswith(CONTENT_SUFFIXES)}
+
+
+def structure_from_dict(data: dict) -> ModelStructure:
+    """Inverse of structure_to_dict (for analyses reused from disk)."""
+    layers = []
+    for layer in data["layers"]:
+        attention = _plain(layer["attention"])
+        mlp = _plain(layer["mlp"])
+        layers.append(LayerStructure(
+            layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
+            mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
+            other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
+            fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer)))
+    return ModelStructure(
+        model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
+        embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
+        tied_embeddings=data["tied_embeddings"], final_norm_params=data["final_norm_params"],
+        other_params=data["other_params"], layers=tuple(layers), hidden_size=data["hidden_size"],
+        vocab_size=data["vocab_size"], head_dim=data["head_dim"], head_dim_source=data["head_dim_source"],
+        dtypes=data["dtypes"], other_tensors=tuple(data["other_tensors"]), buffers=tuple(data["buffers"]),
+        config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]),
+        position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
+        slicing=data["slicing"], layer_prefix=data["layer_prefix"],
+        contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
+        if "nonzero_params" in data else None)
+
+
+# -- model_comparison.json ------------------------------------------------------------------------
+
+
+def _change(change: Change) -> dict:
+    return {"original": change.original, "pruned": change.pruned, "reduced": change.reduced,
+            "reduction_ratio": change.reduction_ratio}
+
+
+def comparison_to_dict(comparison: Comparison) -> dict:
+    matching = comparison.layer_matching
+    data = {
+        "original_name": comparison.original_name,
+        "pruned_name": comparison.pruned_name,
+        "total_params": _change(comparison.total_params),
+        "layer_params": _change(comparison.layer_params),
+        "layers": [
+            {
+                "layer_idx": layer.layer_idx,
+                "original_layer_idx": layer.original_layer_idx,
+                "total": _change(layer.total),
+                "attention": {name: _change(change) for name, change in layer.attention.items()},
+                "mlp": {name: _change(change) for name, change in layer.mlp.items()},
+                "norm": _change(layer.norm),
+                "shortcut": _change(layer.shortcut),
+                "is_zero_layer": layer.is_zero_layer,
+            }
+            for layer in comparison.layers
+        ],
+        "embedding_params": _change(comparison.embedding_params),
+        "lm_head_params": _change(comparison.lm_head_params),
+        "num_layers": _change(comparison.num_layers),
+        "layer_matching": {"method": matching.method, "note": matching.note,
+                           "removed_original_layers": list(matching.removed_original_layers)},
+        "warnings": list(comparison.warnings),
+    }
+    if comparison.nonzero_params is not None:
+        data["nonzero_params"] = _change(comparison.nonzero_params)
+        for layer, compared in zip(data["layers"], comparison.layers):
+            if compared.nonzero is not None:
+                layer["nonzero"] = _change(compared.nonzero["total"])
+                layer["attention"]["nonzero"] = _change(compared.nonzero["attention"])
+                layer["mlp"]["nonzero"] = _change(compared.nonzero["mlp"])
+    return data
