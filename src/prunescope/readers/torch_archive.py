@@ -171,6 +171,7 @@ def _index_to_json(index: TensorIndex) -> dict:
         "module_classes": index.module_classes, "embedded_config": index.embedded_config,
         "container": index.container, "is_whole_module": index.is_whole_module,
         "findings": [[f.file, f.what, f.detail] for f in index.findings],
+        "alternatives": [_index_to_json(alternative) for alternative in index.alternatives],
     }
 
 
@@ -181,7 +182,8 @@ def _index_from_json(data: dict) -> TensorIndex:
     return TensorIndex(format=data["format"], files=tuple(data["files"]), tensors=tensors,
                        module_classes=data["module_classes"], embedded_config=data["embedded_config"],
                        container=data["container"], is_whole_module=data["is_whole_module"],
-                       findings=tuple(SecurityFinding(*finding) for finding in data["findings"]))
+                       findings=tuple(SecurityFinding(*finding) for finding in data["findings"]),
+                       alternatives=tuple(_index_from_json(alternative) for alternative in data["alternatives"]))
 
 
 # -- zip archives ----------------------------------------------------------------------------
@@ -353,7 +355,20 @@ def _index(path, fmt, root, unpickler: RestrictedUnpickler, locations, unpickler
 
 
 def _index_unchecked(path, fmt, root, unpickler, locations, unpicklers) -> TensorIndex:
-    container, target = _find_model(root)
+    findings = tuple(SecurityFinding(path, what, detail) for u in unpicklers for what, detail in u.findings)
+    candidates = _find_models(root)
+    first = _reading(path, fmt, *candidates[0], locations, findings)
+    alternatives = []
+    for container, target in candidates[1:]:
+        try:
+            alternatives.append(_reading(path, fmt, container, target, locations, findings))
+        except CheckpointError:
+            pass  # only the first choice must be readable; the others are offered, not required
+    return first.replace(alternatives=tuple(alternatives))
+
+
+def _reading(path, fmt, container, target, locations, findings) -> TensorIndex:
+    """The tensors of one module or state dict inside the saved object."""
     module_classes: dict[str, str] = {}
     named: list[tuple[str, TensorRef, bool | None]] = []
     embedded_config = None
@@ -393,7 +408,6 @@ def _index_unchecked(path, fmt, root, unpickler, locations, unpicklers) -> Tenso
                                   offset=location[0] + offset * itemsize, stride=stride,
                                   alias_of=seen.get(identity), is_parameter=is_parameter))
         seen.setdefault(identity, name)
-    findings = tuple(SecurityFinding(path, what, detail) for u in unpicklers for what, detail in u.findings)
     return TensorIndex(format=fmt, files=(path,), tensors=tuple(tensors), module_classes=module_classes,
                        embedded_config=embedded_config, container=container, is_whole_module=is_module,
                        findings=findings)
@@ -404,20 +418,22 @@ def _is_module(obj) -> bool:
     return state is not None and "_parameters" in state and "_modules" in state
 
 
-def _find_model(root) -> tuple[str, object]:
-    """The module or state dict inside what was saved: {'model': m, 'tokenizer': t}, {'state_dict': sd}, ..."""
-    if _is_module(root) or _holds_tensors(root):
-        return "", root
+def _find_models(root) -> list[tuple[str, object]]:
+    """The modules and state dicts inside what was saved ({'model': m, 'tokenizer': t}, {'state_dict':
+    sd}, ...), the likeliest first. A training checkpoint's top level may itself hold a tensor (an RNG
+    state) beside the model's dict: both are offered, and the caller picks the one with the model."""
+    if _is_module(root):
+        return [("", root)]
+    found = [("", root)] if _holds_tensors(root) else []
     if isinstance(root, dict):
-        candidates = [(key, value) for key, value in root.items() if _is_module(value) or _holds_tensors(value)]
-        for preferred in ("model", "state_dict", "module", "model_state_dict"):
-            for key, value in candidates:
-                if key == preferred:
-                    return str(key), value
-        if candidates:
-            key, value = max(candidates, key=lambda item: _size(item[1]))
-            return str(key), value
-    return "", {}
+        candidates = [(str(key), value) for key, value in root.items() if _is_module(value) or _holds_tensors(value)]
+        ranked = sorted(candidates, key=lambda item: (_PREFERRED.index(item[0]) if item[0] in _PREFERRED
+                                                      else len(_PREFERRED), -_size(item[1])))
+        found += ranked
+    return found or [("", {})]
+
+
+_PREFERRED = ("model", "state_dict", "module", "model_state_dict")
 
 
 def _holds_tensors(obj) -> bool:

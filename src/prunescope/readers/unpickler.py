@@ -272,7 +272,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         key = (module, name)
         cls = self._classes.get(key)
         if cls is None:
-            cls = type(name.rsplit(".", 1)[-1], (StandIn,), {"_ps_module": module, "_ps_name": name})
+            cls = type(name.rsplit(".", 1)[-1], (StandIn,), {"_ps_module": module, "_ps_name": name,
+                                                            "__module__": module, "__qualname__": name})
             self._classes[key] = cls
         return cls
 
@@ -290,13 +291,14 @@ class RestrictedUnpickler(pickle._Unpickler):
             if not allowed:
                 self.report_call(name, args)
                 inert = func if isinstance(func, type) and issubclass(func, StandIn) else StandIn
-                return _tainted(StandIn.__new__(inert, *args))
+                return _tainted(StandIn.__new__(inert, *args), name)
             if isinstance(func, type) and issubclass(func, StandIn):
                 return func.__new__(func, *args)  # an inert class: keep the arguments
             return func(*args)
         if isinstance(func, StandIn):  # an object the pickle built, called: only exploit chains do that
-            self.report(f"call of the result of {type(func).qualified_name()}", f"with {_short(args)}")
-            return _tainted(StandIn.__new__(StandIn))
+            origin = func.__dict__.get("_ps_tainted") or type(func).qualified_name()
+            self.report(f"call of the result of {origin}", f"with {_short(args)}")
+            return _tainted(StandIn.__new__(StandIn), f"the result of {origin}")
         raise pickle.UnpicklingError(f"call of a {type(func).__name__}, which is not callable")
 
     def load_reduce(self):
@@ -358,7 +360,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             if isinstance(target, StandIn) and named is None and not target.__dict__.get("_ps_tainted"):
                 return StandIn.__new__(self._stand_in(type(target)._ps_module, f"{type(target)._ps_name}.{name}"))
         self.report("builtins.getattr", f"reads {_short(name)} of {_describe(target, self._named_global(target))}")
-        return _tainted(StandIn.__new__(StandIn))
+        return _tainted(StandIn.__new__(StandIn), f"builtins.getattr(..., {_short(name)})")
 
     def _reconstructor(self, cls, base, state=None):
         # copyreg._reconstructor(cls, base, state) runs base.__new__(cls, state) and base.__init__ for
@@ -366,7 +368,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         base_name = self._named_global(base)
         if base_name is not None and not (base is object or base in SAFE_BUILTINS.values()):
             self.report(base_name[0], f"called by copyreg._reconstructor with {_short(state)}")
-            return _tainted(StandIn.__new__(StandIn))
+            return _tainted(StandIn.__new__(StandIn), base_name[0])
         if isinstance(cls, type) and issubclass(cls, StandIn):
             return cls.__new__(cls)
         self.report(f"copyreg._reconstructor({_short(cls)})", "reconstructs a non-checkpoint object")
@@ -393,9 +395,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         return None
 
 
-def _tainted(instance: StandIn) -> StandIn:
-    """The inert result of a reported call: anything read from it is reported too."""
-    instance.__dict__["_ps_tainted"] = True
+def _tainted(instance: StandIn, origin: str) -> StandIn:
+    """The inert result of a reported call: anything read from it, or any call of it, is reported too."""
+    instance.__dict__["_ps_tainted"] = origin
     return instance
 
 
@@ -403,8 +405,8 @@ def _describe(target, named) -> str:
     if named is not None:
         return named[0]
     if isinstance(target, StandIn):
-        return ("the result of a reported call" if target.__dict__.get("_ps_tainted")
-                else f"a {type(target).qualified_name()}")
+        origin = target.__dict__.get("_ps_tainted")
+        return f"the result of {origin}" if origin else f"a {type(target).qualified_name()}"
     return f"a {type(target).__name__}"
 
 
@@ -614,6 +616,9 @@ def scan_opcodes(stream) -> OpcodeScan:
                     note(popped[0], "items added")
                     result = popped[0]
                 stack.extend([result] * len(after))
+        complete = True
     except Exception:  # malformed opcodes or a stack the pickle underflows: the unpickler says what is wrong
-        return OpcodeScan(suspicious=tuple(found), memo_problem=memo_problem, complete=False)
-    return OpcodeScan(suspicious=tuple(found), memo_problem=memo_problem, complete=True)
+        complete = False
+    qualified = {entry.split(" (", 1)[0] for entry in found if entry.endswith(")")}
+    return OpcodeScan(suspicious=tuple(entry for entry in found if entry not in qualified),
+                      memo_problem=memo_problem, complete=complete)
