@@ -50,7 +50,8 @@ def read_torch_file_here(path: str, on_scan=None) -> TensorIndex:
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
-            is_pickle = magic[:4] != ZIP_MAGIC and _starts_with_a_pickle(handle)
+            is_pickle = magic[:4] != ZIP_MAGIC and _starts_with_a_pickle(
+                _Within(handle, os.fstat(handle.fileno()).st_size))
     except OSError as error:
         raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check the path and permissions") from None
     if magic == ZIP_MAGIC:
@@ -59,6 +60,27 @@ def read_torch_file_here(path: str, on_scan=None) -> TensorIndex:
         return _read_legacy(path, on_scan)
     raise CheckpointError(path, "not a torch.save file (neither a zip archive nor a pickle)",
                           "is it a different format, or corrupt?")
+
+
+class _Within:
+    """A file whose read(n) never asks for more than the file holds: a crafted length prefix
+    (BINBYTES of 2**32) would otherwise make the buffered reader allocate that much first."""
+
+    def __init__(self, handle, size: int):
+        self.handle, self.size = handle, size
+
+    def read(self, count: int = -1) -> bytes:
+        left = max(self.size - self.handle.tell(), 0)
+        return self.handle.read(left if count is None or count < 0 else min(count, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.handle.readline(limit)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
 
 
 def _starts_with_a_pickle(handle) -> bool:
@@ -253,8 +275,9 @@ def _read_legacy(path: str, on_scan=None) -> TensorIndex:
         unpicklers.append(unpickler)
         return unpickler.load()
 
-    with open(path, "rb") as handle:
-        file_size = os.fstat(handle.fileno()).st_size
+    with open(path, "rb") as raw:
+        file_size = os.fstat(raw.fileno()).st_size
+        handle = _Within(raw, file_size)
         try:
             magic = load(handle)
         except CheckpointError:
