@@ -627,8 +627,6 @@ MALFORMED = {
     "offset-negative": tensor(storage(), offset=I(-1000)),
     "view-offset-not-int": tensor(storage(view=tup(S("0"), S("x"), I(4)))),
     "view-too-short": tensor(storage(view=tup(S("0")))),
-    "storage-dtype-rebuilt": tensor(tup(S("storage"), G("torch", "FloatStorage") + EMPTY_DICT + S("dtype")
-                                        + EMPTY_LIST + SETITEM + BUILD, S("0"), S("cpu"), I(4)) + BINPERSID),
     "tensor-state-rebuilt": tensor(storage()) + EMPTY_DICT + S("storage") + I(5) + SETITEM + BUILD,
 }
 
@@ -643,6 +641,21 @@ def test_crafted_tensor_metadata_raises_checkpoint_error(tmp_path, case, legacy)
     else:
         zip_from_pickle(path, pickled)
     assert_checkpoint_error(path)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_state_set_on_a_storage_type_is_a_finding_and_changes_nothing(tmp_path, legacy):
+    """BUILD on the global torch.FloatStorage: torch.load would set attributes on the class. Reported
+    as such; the storage type keeps its dtype and the tensor is read as saved."""
+    storage_type = G("torch", "FloatStorage") + EMPTY_DICT + S("dtype") + EMPTY_LIST + SETITEM + BUILD
+    weight = tensor(tup(S("storage"), storage_type, S("0"), S("cpu"), I(4)) + BINPERSID)
+    pickled = PROTO + state_dict(weight=weight) + STOP
+    path = tmp_path / "crafted.pt"
+    legacy_from_pickle(path, pickled) if legacy else zip_from_pickle(path, pickled)
+    index = read(path)
+    assert [(finding.what, finding.detail.split(":")[0]) for finding in index.findings] == \
+        [("torch.FloatStorage", "state set on torch.FloatStorage")]
+    assert [(tensor.name, tensor.dtype, tensor.shape) for tensor in index.tensors] == [("weight", "F32", (4,))]
 
 
 def test_deeply_nested_modules_raise_no_recursion_error(tmp_path):

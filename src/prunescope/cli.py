@@ -145,6 +145,10 @@ def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bo
     except CheckpointError as error:
         print(f"error: {error.line()}", file=sys.stderr)
         return 1
+    except Exception as error:  # a bug of ours: one line, as the batch says it, never a traceback
+        print(f"error: {path}: internal error {type(error).__name__}: {str(error)[:200]} (please report it with "
+              "this line)", file=sys.stderr)
+        return 1
     comparison = compare(base.structure, analysis.structure) if base else None
     if as_json:
         from .schema import comparison_to_dict

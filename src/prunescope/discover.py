@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from .readers.regular import non_regular_kind
 from .records import Record
 
 # Folders never searched for checkpoints: our own output, VCS and caches.
@@ -16,6 +17,7 @@ NOT_CONFIGS = {"tokenizer.json", "tokenizer_config.json", "generation_config.jso
 NOT_MODEL_FILES = ("training_args.bin", "optimizer*", "scheduler*", "scaler*", "rng_state*", "*optim_states*",
                    "adapter_model.*", "adapter_config.json")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+PICKLE_SUFFIX = ".pkl"  # read when given as a path (torch.load reads any pickle); not searched for in folders
 MAX_DEPTH = 4
 
 
@@ -65,9 +67,11 @@ def discover_models(models_dir: str | None, include=(), exclude=(), extra_models
 
 def examine(path: str, name: str) -> list[ModelEntry]:
     """The model(s) one path holds: a folder (searched a few levels deep) or a single checkpoint file."""
-    if not os.path.exists(path):
-        what = "is a symlink to nothing" if os.path.islink(path) else "does not exist"
-        return [ModelEntry(name, path, error=f"{path}: {what}")]
+    kind = None if os.path.isdir(path) else non_regular_kind(path)
+    if kind == "missing":
+        return [ModelEntry(name, path, error=f"{path}: does not exist")]
+    if kind is not None:  # never opened: a FIFO blocks, a device never ends
+        return [ModelEntry(name, path, error=f"{path}: is {kind}, not a checkpoint file or a model folder")]
     if os.path.isfile(path):
         checkpoint = _file_checkpoint(path, os.path.dirname(path))
         if checkpoint is None:
@@ -78,6 +82,9 @@ def examine(path: str, name: str) -> list[ModelEntry]:
     except PermissionError as error:
         return [ModelEntry(name, path, error=f"{error.filename or path}: cannot list folder (permission denied; "
                                              "check its permissions)")]
+    odd = [ModelEntry(name, path, error=f"{file}: is {kind}, not a checkpoint file") for file, kind in _odd_files(path)]
+    if odd and not checkpoints:
+        return odd
     if not checkpoints:
         return [ModelEntry(name, path, skip_reason=evidence)]
     if len(checkpoints) == 1:
@@ -138,6 +145,29 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
     return checkpoints, reason
 
 
+def _odd_files(root: str) -> list[tuple[str, str]]:
+    """Entries named like checkpoint files that are not regular files (FIFOs, devices, symlink loops,
+    symlinks to nothing) in `root` and the folders below it that discovery searched."""
+    odd, pending, seen = [], [(root, 0)], set()
+    while pending:
+        folder, depth = pending.pop()
+        if os.path.realpath(folder) in seen:
+            continue
+        seen.add(os.path.realpath(folder))
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                if depth < MAX_DEPTH and name not in IGNORED_DIRS and not name.startswith("."):
+                    pending.append((path, depth + 1))
+            elif name.endswith(TORCH_SUFFIXES + (".safetensors", ".json")) and not os.path.isfile(path):
+                odd.append((path, non_regular_kind(path) or "not a regular file"))
+    return odd
+
+
 def _hf_weights(folder: str, files: list[str]) -> tuple[str, ...]:
     """The weights transformers would load from this folder: safetensors first, then pytorch_model*.bin."""
     for index_name, pattern in (("model.safetensors.index.json", "*.safetensors"),
@@ -158,7 +188,7 @@ def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpo
         config = _model_config(folder or ".", os.listdir(folder or "."))
     if name.endswith(".safetensors"):
         return Checkpoint("huggingface" if config else "safetensors", path, (path,), config)
-    if not name.endswith(TORCH_SUFFIXES):
+    if not name.endswith(TORCH_SUFFIXES) and not (files is None and name.endswith(PICKLE_SUFFIX)):
         return None
     if files is None:  # a file given on its own: its folder may still hold its config
         files = os.listdir(folder or ".")
@@ -196,16 +226,16 @@ def _looks_like_results(folder: str, name: str) -> bool:
 
 def _json(path: str, limit: int = 10 * 1024 * 1024):
     try:
-        if os.path.getsize(path) > limit:
-            return None
+        if not os.path.isfile(path) or os.path.getsize(path) > limit:
+            return None  # a FIFO named config.json would block the read
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
 def _strip_suffix(name: str) -> str:
-    for suffix in TORCH_SUFFIXES + (".safetensors",):
+    for suffix in TORCH_SUFFIXES + (".safetensors", PICKLE_SUFFIX):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -106,7 +106,7 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
                        scan: ScanOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
     source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
-    index = read_tensor_index(checkpoint.weight_files)
+    index = choose_model_reading(read_tensor_index(checkpoint.weight_files))
     config = load_config(checkpoint.config_file) or index.embedded_config
     try:
         structure = interpret(index, name, config, base_config)
@@ -124,6 +124,19 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
     if scan is not None:
         structure = _scan_contents(structure, index, scan)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
+
+
+def choose_model_reading(index):
+    """Of the dicts and modules a torch file holds, the one holding the decoder layers: a training
+    checkpoint ({"model": state_dict, "optimizer": ..., "torch_rng": tensor}) has a tensor at its top
+    level too. The reader's own order decides ties."""
+    if not index.alternatives:
+        return index
+    from .structure import LAYER_NAME
+
+    readings = (index,) + index.alternatives
+    best = max(readings, key=lambda reading: sum(1 for tensor in reading.tensors if LAYER_NAME.match(tensor.name)))
+    return best.replace(alternatives=())
 
 
 def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> ModelStructure:

@@ -118,3 +118,6 @@ class TensorIndex(Record):
     container: str = ""
     is_whole_module: bool = False
     findings: tuple[SecurityFinding, ...] = ()
+    # Other readings of the same file: each other module or state dict in it that holds tensors (a
+    # training checkpoint's RNG state sits beside the model's state dict). The pipeline chooses.
+    alternatives: tuple[TensorIndex, ...] = ()

@@ -60,9 +60,15 @@ def shard_paths(index_path: str) -> list[str]:
 
 def _resolve_index(index_path: str) -> list[str]:
     """The index's shard files; all must exist."""
+    from .regular import non_regular_kind
+
     paths = shard_paths(index_path)
     for path in paths:
-        if not os.path.isfile(path):
+        kind = non_regular_kind(path)
+        if kind == "missing":
             raise CheckpointError(path, "missing shard listed in " + os.path.basename(index_path),
                                   "copy the missing file or re-save the model")
+        if kind is not None:
+            raise CheckpointError(path, f"shard listed in {os.path.basename(index_path)} is {kind}, not a file",
+                                  "point it to the real shard or re-save the model")
     return paths

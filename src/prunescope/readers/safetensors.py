@@ -13,8 +13,10 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 def read_safetensors_file(path: str) -> list[TensorInfo]:
     """The tensors of one .safetensors file, checked against the file's real size."""
+    from .regular import open_regular
+
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             file_size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
@@ -29,7 +31,7 @@ def read_safetensors_file(path: str) -> list[TensorInfo]:
         raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check the path and permissions") from None
     try:
         header = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CheckpointError(path, "safetensors header is not valid JSON", "the file is corrupt") from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object", "the file is corrupt")
@@ -42,13 +44,15 @@ def read_safetensors_file(path: str) -> list[TensorInfo]:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(path, f"malformed header entry for {name!r}", "the file is corrupt") from None
-        if dtype not in DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise CheckpointError(path, f"tensor {name!r} has unknown dtype {dtype!r}", "upgrade prunescope or report it")
-        if not all(isinstance(size, int) and size >= 0 for size in shape):
+        if not all(type(size) is int and size >= 0 for size in shape):
             raise CheckpointError(path, f"tensor {name!r} has an invalid shape {list(shape)}", "the file is corrupt")
+        if not (type(begin) is int and type(end) is int and 0 <= begin <= end):
+            raise CheckpointError(path, f"tensor {name!r} has invalid data offsets {[begin, end]}", "the file is corrupt")
         info = TensorInfo(name=name, dtype=dtype, shape=shape, file=path, offset=data_start + begin)
         expected = info.numel * info.itemsize
-        if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != expected or begin < 0:
+        if end - begin != expected:
             raise CheckpointError(
                 path, f"header lies about {name!r}: shape {list(shape)} {dtype} needs {expected} bytes, "
                 f"offsets span {end - begin}", "the file is corrupt")
@@ -57,5 +61,26 @@ def read_safetensors_file(path: str) -> list[TensorInfo]:
                 path, f"truncated: {name!r} ends at byte {data_start + end} of a {file_size}-byte file",
                 "re-save or re-download it")
         tensors.append(info)
+    _check_layout(path, tensors, data_start, file_size)
     return tensors
 
+
+def _check_layout(path: str, tensors: list[TensorInfo], data_start: int, file_size: int) -> None:
+    """The safetensors library's own rule: sorted by offsets, the tensors' data covers the byte buffer
+    exactly, each tensor starting where the previous one ends. Overlapping tensors would alias each
+    other's bytes; a gap or trailing bytes carry data no tensor declares."""
+    hint = "the safetensors format refuses such offsets; the file is corrupt or crafted"
+    previous, end = None, data_start
+    for info in sorted(tensors, key=lambda tensor: (tensor.offset, tensor.numel * tensor.itemsize)):
+        if info.offset < end:
+            raise CheckpointError(path, f"tensor {info.name!r} overlaps {previous.name!r}: it starts at data byte "
+                                        f"{info.offset - data_start}, before {previous.name!r} ends at {end - data_start}",
+                                  hint)
+        if info.offset > end:
+            raise CheckpointError(path, f"tensor {info.name!r} starts at data byte {info.offset - data_start}, leaving "
+                                        f"bytes {end - data_start}-{info.offset - data_start} to no tensor", hint)
+        end = info.offset + info.numel * info.itemsize
+        previous = info
+    if end != file_size:
+        raise CheckpointError(path, f"{file_size - end} bytes after the last tensor's data, which no tensor declares",
+                              hint)

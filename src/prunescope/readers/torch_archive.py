@@ -16,7 +16,8 @@ import os
 import struct
 
 from ..tensors import DTYPE_SIZES, CheckpointError, SecurityFinding, TensorIndex, TensorInfo
-from .unpickler import RestrictedUnpickler, StandIn, StateDict, TensorRef, class_name_of, state_of
+from .unpickler import (OpcodeScan, RestrictedUnpickler, StandIn, StateDict, TensorRef, class_name_of, scan_opcodes,
+                        state_of)
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -35,24 +36,66 @@ MAX_CONFIG_NODES = 100_000
 
 def read_torch_file(path: str) -> TensorIndex:
     """The tensors of a torch.save file; read in a resource-limited child process where possible."""
+    from .regular import require_regular_file
+
+    require_regular_file(path)  # a FIFO or a device would block the read, or never end it
     if not hasattr(os, "fork") or os.environ.get("PRUNESCOPE_NO_FORK"):
         return read_torch_file_here(path)
     return _read_in_child(path)
 
 
-def read_torch_file_here(path: str) -> TensorIndex:
-    """The same, in this process (no resource limits)."""
+def read_torch_file_here(path: str, on_scan=None) -> TensorIndex:
+    """The same, in this process (no resource limits). `on_scan` hears each pickle's opcode scan
+    before the pickle is read, so that a reading killed by a limit can still say what it named."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
+            is_pickle = magic[:4] != ZIP_MAGIC and _starts_with_a_pickle(
+                _Within(handle, os.fstat(handle.fileno()).st_size))
     except OSError as error:
         raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check the path and permissions") from None
     if magic == ZIP_MAGIC:
-        return _read_zip(path)
-    if magic[:1] == b"\x80":
-        return _read_legacy(path)
+        return _read_zip(path, on_scan)
+    if is_pickle:
+        return _read_legacy(path, on_scan)
     raise CheckpointError(path, "not a torch.save file (neither a zip archive nor a pickle)",
                           "is it a different format, or corrupt?")
+
+
+class _Within:
+    """A file whose read(n) never asks for more than the file holds: a crafted length prefix
+    (BINBYTES of 2**32) would otherwise make the buffered reader allocate that much first."""
+
+    def __init__(self, handle, size: int):
+        self.handle, self.size = handle, size
+
+    def read(self, count: int = -1) -> bytes:
+        left = max(self.size - self.handle.tell(), 0)
+        return self.handle.read(left if count is None or count < 0 else min(count, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.handle.readline(limit)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+
+def _starts_with_a_pickle(handle) -> bool:
+    """Whether the file opens with a complete pickle, of any protocol: protocols 0 and 1 have no
+    PROTO opcode to recognise them by, and torch.load would unpickle them all the same."""
+    import pickletools
+
+    handle.seek(0)
+    try:
+        for opcode, _argument, _position in pickletools.genops(handle):
+            if opcode.name == "STOP":
+                return True
+    except Exception:  # not opcodes: not a pickle
+        return False
+    return False
 
 
 # -- the child process ---------------------------------------------------------------------------
@@ -67,8 +110,11 @@ def _read_in_child(path: str) -> TensorIndex:
         try:
             os.close(reading)
             _limit_child_resources()
+            def tell_scan(scan):  # written first: the parent still hears it if a limit kills the reading
+                _write_all(writing, json.dumps({"scan": list(scan.suspicious)}).encode() + b"\n")
+
             try:
-                answer = {"index": _index_to_json(read_torch_file_here(path))}
+                answer = {"index": _index_to_json(read_torch_file_here(path, tell_scan))}
             except CheckpointError as error:
                 answer = {"error": [error.path, error.problem, error.hint]}
             except MemoryError:
@@ -76,10 +122,7 @@ def _read_in_child(path: str) -> TensorIndex:
             except BaseException as error:  # noqa: BLE001 - the parent turns it into one line
                 answer = {"error": [path, f"unreadable: {type(error).__name__}: {str(error)[:200]}",
                                     "the file is corrupt or hostile"]}
-            data = json.dumps(answer).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(writing, view):]
+            _write_all(writing, json.dumps(answer).encode() + b"\n")
         except BaseException:  # noqa: BLE001
             status = 1
         finally:
@@ -99,15 +142,30 @@ def _read_in_child(path: str) -> TensorIndex:
     finally:
         os.close(reading)
         _, status = os.waitpid(child, 0)
-    try:
-        answer = json.loads(b"".join(chunks))
-    except ValueError:
+    answer, named = None, []
+    for line in b"".join(chunks).split(b"\n"):
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue  # the end of a message cut short by a limit
+        if isinstance(message, dict) and "scan" in message:
+            named += message["scan"]
+        elif isinstance(message, dict):
+            answer = message
+    if answer is None:
         how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
         raise CheckpointError(path, f"reading the pickle was stopped ({how}): it exceeded the time or memory "
-                                    "any checkpoint needs", "a pickle bomb? the file was not loaded") from None
+                                    "any checkpoint needs" + _security_suffix(named),
+                              "a pickle bomb? the file was not loaded") from None
     if "error" in answer:
         raise CheckpointError(*answer["error"])
     return _index_from_json(answer["index"])
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
 
 
 def _limit_child_resources() -> None:
@@ -135,6 +193,7 @@ def _index_to_json(index: TensorIndex) -> dict:
         "module_classes": index.module_classes, "embedded_config": index.embedded_config,
         "container": index.container, "is_whole_module": index.is_whole_module,
         "findings": [[f.file, f.what, f.detail] for f in index.findings],
+        "alternatives": [_index_to_json(alternative) for alternative in index.alternatives],
     }
 
 
@@ -145,11 +204,12 @@ def _index_from_json(data: dict) -> TensorIndex:
     return TensorIndex(format=data["format"], files=tuple(data["files"]), tensors=tensors,
                        module_classes=data["module_classes"], embedded_config=data["embedded_config"],
                        container=data["container"], is_whole_module=data["is_whole_module"],
-                       findings=tuple(SecurityFinding(*finding) for finding in data["findings"]))
+                       findings=tuple(SecurityFinding(*finding) for finding in data["findings"]),
+                       alternatives=tuple(_index_from_json(alternative) for alternative in data["alternatives"]))
 
 
 # -- zip archives ----------------------------------------------------------------------------
-def _read_zip(path: str) -> TensorIndex:
+def _read_zip(path: str, on_scan=None) -> TensorIndex:
     import zipfile  # only torch archives need it; keeps the safetensors path light
 
     try:
@@ -179,7 +239,7 @@ def _read_zip(path: str) -> TensorIndex:
     except Exception as error:  # zipfile fails in many ways on damaged files; all mean the same here
         raise CheckpointError(path, f"corrupt or truncated torch archive: {type(error).__name__}: {error}",
                               "re-save or re-download it") from None
-    unpickler, root = _unpickle(pickled, path)
+    unpickler, root = _unpickle(pickled, path, on_scan)
     with open(path, "rb") as handle:
         file_size = os.fstat(handle.fileno()).st_size
         locations = {}
@@ -203,19 +263,21 @@ def _read_zip(path: str) -> TensorIndex:
 
 
 # -- legacy format: magic, protocol, sys info, object, storage keys, then raw storages ---------
-def _read_legacy(path: str) -> TensorIndex:
+def _read_legacy(path: str, on_scan=None) -> TensorIndex:
     unpicklers: list[RestrictedUnpickler] = []
 
     def load(handle):
         start = handle.tell()
-        check_opcodes(handle, path)
+        scan = check_opcodes(handle, path, on_scan)
         handle.seek(start)
         unpickler = RestrictedUnpickler(handle, path, legacy=True)
+        unpickler.scan = scan
         unpicklers.append(unpickler)
         return unpickler.load()
 
-    with open(path, "rb") as handle:
-        file_size = os.fstat(handle.fileno()).st_size
+    with open(path, "rb") as raw:
+        file_size = os.fstat(raw.fileno()).st_size
+        handle = _Within(raw, file_size)
         try:
             magic = load(handle)
         except CheckpointError:
@@ -262,46 +324,46 @@ def _read_legacy(path: str) -> TensorIndex:
 BOMB = "the pickle asks for more memory than any checkpoint needs (a pickle bomb?)"
 
 
-def check_opcodes(stream, path: str) -> None:
-    """Walk the pickle's opcodes without executing any (pickletools), rejecting memo indices no real
-    pickle uses: CPython's unpickler allocates its memo up to the largest index it is given."""
-    import pickletools
-
-    count = 0
-    try:
-        for opcode, argument, _position in pickletools.genops(stream):
-            count += 1
-            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"):
-                if not isinstance(argument, int) or argument > count:
-                    raise CheckpointError(path, f"pickle memo index {argument} at opcode {count}: no pickler writes that",
-                                          "the file is corrupt or hostile")
-    except CheckpointError:
-        raise
-    except Exception:
-        return  # malformed opcodes: the unpickler itself reports them
+def check_opcodes(stream, path: str, on_scan=None) -> OpcodeScan:
+    """Walk the pickle's opcodes without executing any (pickletools): what it names and calls, said
+    even when the file is then refused. Memo indices no pickler writes are refused: CPython's C
+    unpickler, which torch.load uses, allocates its memo up to the largest index it is given."""
+    scan = scan_opcodes(stream)
+    if on_scan is not None:
+        on_scan(scan)
+    if scan.memo_problem:
+        raise CheckpointError(path, scan.memo_problem + _security_suffix(scan.suspicious),
+                              "the file is corrupt or hostile")
+    return scan
 
 
-def _unpickle(data: bytes, path: str):
+def _unpickle(data: bytes, path: str, on_scan=None):
     import io
 
-    check_opcodes(io.BytesIO(data), path)
+    scan = check_opcodes(io.BytesIO(data), path, on_scan)
     unpickler = RestrictedUnpickler(io.BytesIO(data), path)
+    unpickler.scan = scan
     try:
         root = unpickler.load()
     except MemoryError:
         raise _error(path, BOMB, [unpickler], "the file was not loaded") from None
     except Exception as error:  # a corrupt pickle can fail in many ways; none of them runs code
-        raise _error(path, f"unreadable pickle: {type(error).__name__}: {error}", [unpickler],
+        raise _error(path, f"unreadable pickle: {type(error).__name__}: {str(error)[:200]}", [unpickler],
                      "the file is corrupt or hostile") from None
     return unpickler, root
 
 
 def _error(path: str, problem: str, unpicklers, hint: str) -> CheckpointError:
-    """A CheckpointError that still tells what the pickles referenced before things went wrong."""
+    """A CheckpointError that still tells what the pickles referenced before things went wrong; when
+    the reading stopped before anything was reported, what the opcode scan found."""
     found = [what for unpickler in unpicklers for what, _ in unpickler.findings]
-    if found:
-        problem += "; SECURITY: it references " + ", ".join(dict.fromkeys(found)) + " (nothing was run)"
-    return CheckpointError(path, problem, hint)
+    if not found:
+        found = [name for unpickler in unpicklers if unpickler.scan for name in unpickler.scan.suspicious]
+    return CheckpointError(path, problem + _security_suffix(found), hint)
+
+
+def _security_suffix(found) -> str:
+    return "; SECURITY: it references " + ", ".join(dict.fromkeys(found)) + " (nothing was run)" if found else ""
 
 
 # -- from the unpickled object to named tensors ------------------------------------------------
@@ -316,7 +378,20 @@ def _index(path, fmt, root, unpickler: RestrictedUnpickler, locations, unpickler
 
 
 def _index_unchecked(path, fmt, root, unpickler, locations, unpicklers) -> TensorIndex:
-    container, target = _find_model(root)
+    findings = tuple(SecurityFinding(path, what, detail) for u in unpicklers for what, detail in u.findings)
+    candidates = _find_models(root)
+    first = _reading(path, fmt, *candidates[0], locations, findings)
+    alternatives = []
+    for container, target in candidates[1:]:
+        try:
+            alternatives.append(_reading(path, fmt, container, target, locations, findings))
+        except CheckpointError:
+            pass  # only the first choice must be readable; the others are offered, not required
+    return first.replace(alternatives=tuple(alternatives))
+
+
+def _reading(path, fmt, container, target, locations, findings) -> TensorIndex:
+    """The tensors of one module or state dict inside the saved object."""
     module_classes: dict[str, str] = {}
     named: list[tuple[str, TensorRef, bool | None]] = []
     embedded_config = None
@@ -356,7 +431,6 @@ def _index_unchecked(path, fmt, root, unpickler, locations, unpicklers) -> Tenso
                                   offset=location[0] + offset * itemsize, stride=stride,
                                   alias_of=seen.get(identity), is_parameter=is_parameter))
         seen.setdefault(identity, name)
-    findings = tuple(SecurityFinding(path, what, detail) for u in unpicklers for what, detail in u.findings)
     return TensorIndex(format=fmt, files=(path,), tensors=tuple(tensors), module_classes=module_classes,
                        embedded_config=embedded_config, container=container, is_whole_module=is_module,
                        findings=findings)
@@ -367,20 +441,22 @@ def _is_module(obj) -> bool:
     return state is not None and "_parameters" in state and "_modules" in state
 
 
-def _find_model(root) -> tuple[str, object]:
-    """The module or state dict inside what was saved: {'model': m, 'tokenizer': t}, {'state_dict': sd}, ..."""
-    if _is_module(root) or _holds_tensors(root):
-        return "", root
+def _find_models(root) -> list[tuple[str, object]]:
+    """The modules and state dicts inside what was saved ({'model': m, 'tokenizer': t}, {'state_dict':
+    sd}, ...), the likeliest first. A training checkpoint's top level may itself hold a tensor (an RNG
+    state) beside the model's dict: both are offered, and the caller picks the one with the model."""
+    if _is_module(root):
+        return [("", root)]
+    found = [("", root)] if _holds_tensors(root) else []
     if isinstance(root, dict):
-        candidates = [(key, value) for key, value in root.items() if _is_module(value) or _holds_tensors(value)]
-        for preferred in ("model", "state_dict", "module", "model_state_dict"):
-            for key, value in candidates:
-                if key == preferred:
-                    return str(key), value
-        if candidates:
-            key, value = max(candidates, key=lambda item: _size(item[1]))
-            return str(key), value
-    return "", {}
+        candidates = [(str(key), value) for key, value in root.items() if _is_module(value) or _holds_tensors(value)]
+        ranked = sorted(candidates, key=lambda item: (_PREFERRED.index(item[0]) if item[0] in _PREFERRED
+                                                      else len(_PREFERRED), -_size(item[1])))
+        found += ranked
+    return found or [("", {})]
+
+
+_PREFERRED = ("model", "state_dict", "module", "model_state_dict")
 
 
 def _holds_tensors(obj) -> bool:

@@ -120,6 +120,10 @@ def run_report(output_dir: str, models_dir: str | None = None, formats: tuple = 
         f"{len(board.columns)} task(s), {len(written)} file(s) under {output_dir}")
     for path in written:
         say(f"  {path}")
+    # Results files are found by content too (eval_results.json, lm_eval_<task>.json): say which ones.
+    for name, source in sorted({(model.name, result.source) for model in study.models
+                                for result in model.scores.values()}):
+        say(f"  scores of {name} from {source}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Evaluation results written by lm-evaluation-harness: finding them, reading them, choosing metrics.
 
-Two layouts are read:
+Files are found by name (`results*.json`) or, under any other name, by content (see
+`looks_like_results`). Two layouts are read:
 - current harness (0.4+): `results_<timestamp>.json`, often one folder down
   (`<output_path>/<model>/results_2024-05-01T12-00-00.123456.json`); metrics are keyed
   `"acc,none"`, `"acc_norm,none"`, `"exact_match,strict-match"` (metric, then filter); groups such as
@@ -84,7 +85,9 @@ class Scoreboard(Record):
 
 
 def find_results_files(folder: str) -> list[str]:
-    """`results*.json` files below `folder` (symlinks into it are followed once; loops are skipped)."""
+    """lm-evaluation-harness output below `folder`: `results*.json` by name, any other JSON file by its
+    content (`eval_results.json`, `lm_eval_<task>.json`, ...). Symlinks into it are followed once;
+    loops are skipped."""
     found, seen, pending = [], set(), [(folder, 0)]
     while pending:
         current, depth = pending.pop(0)
@@ -103,7 +106,7 @@ def find_results_files(folder: str) -> list[str]:
             if os.path.isdir(path):
                 if depth < MAX_DEPTH and name not in SKIPPED_DIRS:
                     pending.append((path, depth + 1))
-            elif is_results_name(name):
+            elif is_results_name(name) or (name.endswith(".json") and looks_like_results(path)):
                 found.append(path)
     return found
 
@@ -112,13 +115,43 @@ def is_results_name(name: str) -> bool:
     return name == "results.json" or (name.startswith("results_") and name.endswith(".json"))
 
 
+# JSON files that travel with models and are never evaluation results: not even opened.
+NOT_RESULTS = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json", "adapter_config.json",
+               "trainer_state.json", "model_structure.json", "model_comparison.json", "batch_analysis_results.json",
+               "models_summary.json", "vocab.json"}
+MAX_RESULTS_BYTES = 50 * 1024 * 1024  # the harness's output with per-sample logs is kept elsewhere
+
+
+def looks_like_results(path: str) -> bool:
+    """The harness's output by its content: a `results` object of task -> {metric: number}, beside
+    the harness's own `versions`, `config` or `configs` keys."""
+    name = os.path.basename(path)
+    if name in NOT_RESULTS or name.endswith(".index.json"):
+        return False
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > MAX_RESULTS_BYTES:
+            return False
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        return False
+    if not any(key in data for key in ("versions", "config", "configs", "n-shot", "higher_is_better")):
+        return False
+    return any(isinstance(scores, dict) and task_metrics(scores) for scores in data["results"].values())
+
+
 def read_results_file(path: str) -> ResultsFile:
     try:
+        if not os.path.isfile(path):
+            raise EvalError(f"{path}: not a regular file; skipped")
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except OSError as error:
         raise EvalError(f"{path}: cannot read: {error.strerror or error}") from None
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise EvalError(f"{path}: not valid JSON ({error}); skipped") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise EvalError(f"{path}: no 'results' object, not an lm-evaluation-harness results file; skipped")
