@@ -255,7 +255,7 @@ def test_safetensors_offsets_as_the_format_rules(tmp_path, case, header, size):
 
 # -- evaluation results by content ---------------------------------------------------------------------------
 def test_lm_eval_results_are_found_by_content(tmp_path):
-    from prunescope.paper.evals import find_results_files
+    from prunescope.report.evals import find_results_files
 
     harness = {"results": {"arc_easy": {"acc,none": 0.61, "acc_stderr,none": 0.01, "alias": "arc_easy"}},
                "versions": {"arc_easy": 1.0}, "config": {"model": "hf"}}

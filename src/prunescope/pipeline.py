@@ -132,7 +132,7 @@ def choose_model_reading(index):
     level too. The reader's own order decides ties."""
     if not index.alternatives:
         return index
-    from .structure import LAYER_NAME
+    from .families import LAYER_NAME
 
     readings = (index,) + index.alternatives
     best = max(readings, key=lambda reading: sum(1 for tensor in reading.tensors if LAYER_NAME.match(tensor.name)))
