@@ -17,8 +17,9 @@ from ..records import Record
 from ..tensors import CheckpointError
 
 # `org/name` or `org/name@revision` (a branch, tag or commit); Hub names use letters, digits, - _ .
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?:@[\w./-]+)?")
-URL = re.compile(r"[a-z][a-z0-9+.-]*://")
+# Patterns, not compiled objects: compiling at import would cost every run, re caches them on first use.
+REPO_ID = r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?:@[\w./-]+)?"
+URL = r"[a-z][a-z0-9+.-]*://"
 
 
 class LocateError(CheckpointError):
@@ -41,7 +42,7 @@ def names_remote_model(reference: str) -> bool:
     """A reference that is not a local path: a URL, or a repo id that is not an existing path."""
     if os.path.lexists(reference):
         return False
-    return bool(URL.match(reference) or REPO_ID.fullmatch(reference))
+    return bool(re.match(URL, reference) or re.fullmatch(REPO_ID, reference))
 
 
 def locate(reference: str) -> Location:
@@ -52,7 +53,7 @@ def locate(reference: str) -> Location:
         from .hub import locate_repo
 
         return locate_repo(reference[len("hf://"):], reference)
-    if URL.match(reference):
+    if re.match(URL, reference):
         from .remote import locate_url
 
         return locate_url(reference)

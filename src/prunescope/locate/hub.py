@@ -8,13 +8,11 @@ written: no snapshot_download, no hf_hub_download.
 from __future__ import annotations
 
 import os
-import re
 
 from ..discover import examine
 from . import LocateError, Location
 from .remote import remote_location
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
 NEEDED = (".json", ".safetensors")  # what a header-only analysis reads from a repo
 
 
@@ -70,8 +68,9 @@ def _cached_snapshot(repo_id: str, revision: str, subfolder: str) -> tuple[str |
     snapshot = folder[: len(folder) - len(subfolder)].rstrip(os.sep) if subfolder else folder
     listed = _cached_tree(repo_id, os.path.basename(snapshot))
     if listed is not None:
-        wanted = [path for path in listed if path.endswith(NEEDED) and (not subfolder or path.startswith(subfolder + "/"))
-                  and "/" not in path[len(subfolder) + 1 if subfolder else 0:]]
+        prefix = subfolder + "/" if subfolder else ""
+        wanted = [path for path in listed
+                  if path.endswith(NEEDED) and path.startswith(prefix) and "/" not in path[len(prefix):]]
         absent = [path for path in wanted if not os.path.isfile(os.path.join(snapshot, *path.split("/")))]
         if absent:
             return None, (f"{repo_id}@{revision} is cached without {len(absent)} of its files "
