@@ -258,6 +258,10 @@ def test_offline_missing_says_what_to_download_and_stops(models, hub, tmp_path):
     assert len(errors) == 1 and DOWNLOAD in errors[0] and "not in the Hugging Face cache" in errors[0]
     assert not out.exists()  # stopped before analysing anything
 
+    unreachable = run(["inspect", REPO], tmp_path, HF_ENDPOINT="http://127.0.0.1:9")  # online, no server
+    assert unreachable.returncode == 1
+    assert "cannot be reached" in unreachable.stderr and DOWNLOAD in unreachable.stderr
+
     cache = tmp_path / "json_only"
     _snapshot_download(hub, cache, ["*.json"])
     result = run(["inspect", REPO], tmp_path, offline=True, cache=cache)

@@ -39,10 +39,13 @@ class Location(Record):
 
 
 def names_remote_model(reference: str) -> bool:
-    """A reference that is not a local path: a URL, or a repo id that is not an existing path."""
+    """A reference that is not a local path: a URL, or a repo id that is not an existing path. `models/x`
+    where a folder `models` exists is taken for a mistyped path (`hf://models/x` forces the Hub)."""
     if os.path.lexists(reference):
         return False
-    return bool(re.match(URL, reference) or re.fullmatch(REPO_ID, reference))
+    if re.match(URL, reference):
+        return True
+    return bool(re.fullmatch(REPO_ID, reference)) and ("@" in reference or not os.path.isdir(reference.split("/")[0]))
 
 
 def locate(reference: str) -> Location:

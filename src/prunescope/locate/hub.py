@@ -62,8 +62,9 @@ def _cached_snapshot(repo_id: str, revision: str, subfolder: str) -> tuple[str |
 
     config = try_to_load_from_cache(repo_id, "/".join(filter(None, [subfolder, "config.json"])), revision=revision)
     where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    what = "" if revision == "main" else f"revision {revision} "
     if not isinstance(config, str):
-        return None, f"{repo_id}@{revision} is not in {where}"
+        return None, f"{what}not in {where}"
     folder = os.path.dirname(config)
     snapshot = folder[: len(folder) - len(subfolder)].rstrip(os.sep) if subfolder else folder
     listed = _cached_tree(repo_id, os.path.basename(snapshot))
@@ -73,11 +74,11 @@ def _cached_snapshot(repo_id: str, revision: str, subfolder: str) -> tuple[str |
                   if path.endswith(NEEDED) and path.startswith(prefix) and "/" not in path[len(prefix):]]
         absent = [path for path in wanted if not os.path.isfile(os.path.join(snapshot, *path.split("/")))]
         if absent:
-            return None, (f"{repo_id}@{revision} is cached without {len(absent)} of its files "
+            return None, (f"{what}cached without {len(absent)} of its files "
                           f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}) in {where}")
     found = [entry for entry in examine(folder, repo_id) if entry.checkpoint is not None]
     if len(found) != 1 or not _shards_present(found[0].checkpoint.weight_files):
-        return None, f"{repo_id}@{revision} is cached without its weights in {where}"
+        return None, f"{what}cached without its weights in {where}"
     return folder, ""
 
 
@@ -121,12 +122,12 @@ def _remote_repo(reference: str, name: str, repo_id: str, revision: str, subfold
         commit = api.repo_info(repo_id, revision=revision).sha
         entries = list(api.list_repo_tree(repo_id, path_in_repo=subfolder or None, revision=commit))
     except GatedRepoError:
-        raise LocateError(reference, "is a gated repo", "accept the licence on the Hub and set HF_TOKEN") from None
+        raise LocateError(reference, "a gated repo", "accept the licence on the Hub and set HF_TOKEN") from None
     except RevisionNotFoundError:
-        raise LocateError(reference, f"{repo_id} has no revision {revision!r} on the Hub",
+        raise LocateError(reference, f"no revision {revision!r} on the Hub",
                           "check the branch, tag or commit") from None
     except RepositoryNotFoundError:
-        raise LocateError(reference, f"{repo_id} is not on the Hub, or is private",
+        raise LocateError(reference, "not on the Hub, or private",
                           "check the id; for a private repo set HF_TOKEN") from None
     except HfHubHTTPError as error:
         status = getattr(getattr(error, "response", None), "status_code", "?")

@@ -115,8 +115,13 @@ def _filesystem(url: str):
     protocol = url.split("://", 1)[0]
     package, extra = BACKENDS.get(protocol, (protocol, None))
     try:
+        import logging
+
         import fsspec
 
+        # Backends log retries and failures with whole tracebacks; prunescope says what failed in one line.
+        for name in (package, "fsspec"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         return fsspec.filesystem(protocol)
     except ImportError:
         hint = f'pip install "prunescope[{extra}]"' if extra else f"pip install fsspec {package}"
