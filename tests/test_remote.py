@@ -66,6 +66,7 @@ def hub(models):
     server = HubServer()
     server.add_repo(REPO, str(models["base"][0]))
     server.add_repo("meta-llama/Gated-Llama", str(models["base"][0]), gated=True)
+    server.add_repo("lab/experiments", str(models["root"]))  # models in subfolders: base/, pruned/, sparse/
     server.start()
     yield server
     server.stop()
@@ -170,6 +171,13 @@ def test_hub_repo_online_within_budget_then_from_prunescope_cache(models, hub, t
     assert os.listdir(tmp_path / "xdg" / "prunescope" / "hub" / "models--meta-llama--Meta-Llama-3-8B") == [commit]
 
 
+def test_hub_subfolder_url(models, hub, tmp_path):
+    data = json.loads(run(["inspect", "hf://lab/experiments@main/pruned", "--json"], tmp_path, hub=hub,
+                          check=True).stdout)
+    assert data["total_params"] == models["pruned"][1]
+    assert data["layer_summary"]["num_layers"] == 30
+
+
 def test_s3_model_against_hub_base_finds_removed_layers(models, hub, s3, tmp_path):
     out = tmp_path / "out"
     result = run(["analyze", "--model", f"s3://{BUCKET}/llama/pruned", "--model", REPO, "--base_model", REPO,
@@ -224,7 +232,7 @@ def _cached_files(cache) -> set:
             for repo in scan_cache_dir(cache).repos for revision in repo.revisions for file in revision.files}
 
 
-def test_offline_from_hf_cache_writes_nothing_there(models, tmp_path):
+def test_offline_from_hf_cache_writes_nothing_there(models, hub, tmp_path):
     folder, params = models["base"]
     server = HubServer()
     commit = server.add_repo(REPO, str(folder))
@@ -247,6 +255,11 @@ def test_offline_from_hf_cache_writes_nothing_there(models, tmp_path):
         assert data["total_params"] == params
         assert data["source"]["origin"] == {"repo": REPO, "commit": commit}
     assert "✗" not in result.stdout
+
+    hub.log.reset()  # online, with the Hub serving the same commit: a complete snapshot needs no request
+    online = json.loads(run(["inspect", REPO, "--json"], tmp_path, hub=hub, cache=cache, check=True).stdout)
+    assert online["total_params"] == params and hub.log.requests == 0
+    assert _tree(cache) == before
 
 
 def test_offline_missing_says_what_to_download_and_stops(models, hub, tmp_path):
