@@ -345,3 +345,19 @@ def test_local_paths_import_no_remote_client(models, tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(models["base"][0])], capture_output=True, text=True,
                             timeout=60, env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")})
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_single_file_over_http(hub, tmp_path):
+    """An http(s):// URL of one .safetensors file: its size from one HEAD, then exact ranges."""
+    from safetensors.torch import save_file
+
+    tensors = {"model.embed_tokens.weight": torch.randn(10, 64), "model.layers.0.mlp.up_proj.weight": torch.randn(96, 64)}
+    (tmp_path / "single").mkdir()
+    save_file(tensors, str(tmp_path / "single" / "model.safetensors"))
+    hub.add_repo("lab/single", str(tmp_path / "single"))
+    hub.log.reset()
+    url = f"{hub.url}/lab/single/resolve/main/model.safetensors"
+    data = json.loads(run(["inspect", url, "--json"], tmp_path, check=True).stdout)
+    assert data["total_params"] == sum(tensor.numel() for tensor in tensors.values())
+    assert [entry[0] for entry in hub.log.entries] == ["HEAD", "GET", "GET"]  # size, header, one page
+    assert all(entry[2] == 206 for entry in hub.log.entries[1:])
