@@ -62,7 +62,8 @@ def _read_remote(weight_files, files) -> TensorIndex:
                 if files.size(shard) is None:
                     raise CheckpointError(shard, "missing shard listed in " + path.rsplit("/", 1)[-1],
                                           "the remote model is incomplete")
-            for shard in map(lambda name: _beside(path, name), weight_map.values()):
+            for name in weight_map.values():  # tensors per shard: how long each header will be
+                shard = _beside(path, name)
                 counts[shard] = counts.get(shard, 0) + 1
             paths += shards
         else:

@@ -70,7 +70,6 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
     return tensors
 
 
-
 def read_safetensors_headers(paths: list[str], files, expected_tensors: dict[str, int]) -> list[list[TensorInfo]]:
     """The tensors of several files read through `files` (readers/access.py) with as few exact ranges as
     possible: one per file, sized for the header its shard index announces (`expected_tensors`: the
@@ -78,7 +77,7 @@ def read_safetensors_headers(paths: list[str], files, expected_tensors: dict[str
     firsts = [(path, 0, min(_first_range(expected_tensors.get(path)), files.size(path))) for path in paths]
     prefixes = files.read_ranges(firsts)
     header_sizes, more = [], []
-    for (path, _, asked), prefix in zip(firsts, prefixes):
+    for path, prefix in zip(paths, prefixes):
         header_size = _header_length(path, prefix, files.size(path))
         header_sizes.append(header_size)
         if 8 + header_size > len(prefix):
