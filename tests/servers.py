@@ -74,6 +74,7 @@ class HubServer:
     def __init__(self):
         self.repos: dict[str, HubRepo] = {}
         self.log = RequestLog()
+        self.ignore_ranges = False  # answer like a server that does not serve byte ranges
         self._server: ThreadingHTTPServer | None = None
 
     def add_repo(self, repo_id: str, folder: str, gated: bool = False) -> str:
@@ -171,7 +172,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{repo.etag(path)}"', "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if head or not match:
+        if head or not match or self.server_hub.ignore_ranges:
             return self._send(200, data, headers, head)
         start = int(match.group(1))
         end = min(int(match.group(2)) + 1 if match.group(2) else len(data), len(data))
@@ -185,7 +186,10 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client had what it wanted
+                pass
         self.server_hub.log.add(self.command, self.path, status, 0 if head else len(body), self.headers.get("Range"))
 
 

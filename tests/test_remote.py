@@ -283,6 +283,15 @@ def test_offline_missing_says_what_to_download_and_stops(models, hub, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_server_ignoring_ranges_is_refused(hub, tmp_path):
+    hub.ignore_ranges = True
+    try:
+        result = run(["inspect", REPO], tmp_path, hub=hub)
+    finally:
+        hub.ignore_ranges = False
+    assert result.returncode == 1 and "ignored the byte range" in result.stderr
+
+
 def test_gated_repo_says_accept_the_licence(hub, tmp_path):
     result = run(["inspect", "meta-llama/Gated-Llama"], tmp_path, hub=hub)
     assert result.returncode == 1

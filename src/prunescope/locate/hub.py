@@ -149,7 +149,7 @@ def hub_fetcher(repo_id: str, commit: str):
 
     from huggingface_hub import hf_hub_url
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
     from ..tensors import CheckpointError
 
@@ -160,16 +160,24 @@ def hub_fetcher(repo_id: str, commit: str):
         path, start, end = request
         url = hf_hub_url(repo_id, path[len(prefix):], revision=commit)
         try:
-            response = http_backoff("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"})
-            hf_raise_for_status(response)
+            with http_stream_backoff("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    hf_raise_for_status(response)
+                if response.status_code != 206 and end - start < int(response.headers.get("Content-Length") or 0):
+                    # Streamed, so nothing more than the headers has come: a whole weight file never does.
+                    raise CheckpointError(path, "the server ignored the byte range and would send the whole file",
+                                          "download the model first, or use an endpoint that serves ranges")
+                data = response.read()
+        except CheckpointError:
+            raise
         except GatedRepoError:
             raise CheckpointError(path, "is in a gated repo", "accept the licence on the Hub and set HF_TOKEN") from None
         except HfHubHTTPError as error:
             raise CheckpointError(path, f"cannot read: HTTP {error.response.status_code}", "check HF_TOKEN") from None
         except Exception as error:  # noqa: BLE001 - connection errors of the HTTP client
             raise CheckpointError(path, f"cannot read: {type(error).__name__}", "check the network") from None
-        data = response.content
-        return data if response.status_code == 206 else data[start:end]  # a server that ignored the Range
+        return data
 
     def fetch(ranges: list[tuple[str, int, int]]) -> list[bytes]:
         with ThreadPoolExecutor(max_workers=min(16, len(ranges))) as pool:
