@@ -127,7 +127,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         parts = [unquote(part) for part in urlsplit(self.path).path.strip("/").split("/")]
         try:
             if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
-                repo = self._repo(parts[2] + "/" + parts[3], parts[5])
+                repo = self._repo(parts[2] + "/" + parts[3], parts[5], files=False)
                 if parts[4] == "revision":
                     body = {"id": parts[2] + "/" + parts[3], "sha": repo.commit, "private": False,
                             "gated": "manual" if repo.gated else False,
@@ -142,11 +142,12 @@ class _HubHandler(BaseHTTPRequestHandler):
         except _HubError as error:
             return self._send(error.status, error.code.encode(), {"X-Error-Code": error.code}, head)
 
-    def _repo(self, repo_id: str, revision: str) -> HubRepo:
+    def _repo(self, repo_id: str, revision: str, files: bool = True) -> HubRepo:
         repo = self.server_hub.repos.get(repo_id)
         if repo is None:
             raise _HubError(401, "RepoNotFound")
-        if repo.gated and "authorization" not in {key.lower() for key in self.headers}:
+        # As on the Hub, a gated repo's metadata and file list are public; its files are not.
+        if files and repo.gated and "authorization" not in {key.lower() for key in self.headers}:
             raise _HubError(401, "GatedRepo")
         if revision not in ("main", repo.commit):
             raise _HubError(404, "RevisionNotFound")

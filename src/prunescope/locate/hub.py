@@ -119,7 +119,7 @@ def _remote_repo(reference: str, name: str, repo_id: str, revision: str, subfold
 
     api = HfApi()
     try:
-        commit = api.repo_info(repo_id, revision=revision).sha
+        commit = api.model_info(repo_id, revision=revision, expand=["sha"]).sha  # the commit, nothing else
         entries = list(api.list_repo_tree(repo_id, path_in_repo=subfolder or None, revision=commit))
     except GatedRepoError:
         raise LocateError(reference, "a gated repo", "accept the licence on the Hub and set HF_TOKEN") from None
