@@ -117,6 +117,12 @@ class _HubHandler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def handle(self):
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # a client that stopped reading (ignore_ranges)
+            pass
+
     def do_HEAD(self):
         self._answer(head=True)
 
@@ -187,10 +193,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):  # the client had what it wanted
-                pass
+            self.wfile.write(body)
         self.server_hub.log.add(self.command, self.path, status, 0 if head else len(body), self.headers.get("Range"))
 
 

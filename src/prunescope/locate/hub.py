@@ -72,9 +72,9 @@ def _cached_snapshot(repo_id: str, revision: str, subfolder: str) -> tuple[str |
         prefix = subfolder + "/" if subfolder else ""
         wanted = [path for path in listed
                   if path.endswith(NEEDED) and path.startswith(prefix) and "/" not in path[len(prefix):]]
-        absent = [path for path in wanted if not os.path.isfile(os.path.join(snapshot, *path.split("/")))]
+        absent = [path for path in wanted if _size(os.path.join(snapshot, *path.split("/"))) != listed[path]]
         if absent:
-            return None, (f"{what}cached without {len(absent)} of its files "
+            return None, (f"{what}cached without {len(absent)} of its files, or with them incomplete "
                           f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}) in {where}")
     found = [entry for entry in examine(folder, repo_id) if entry.checkpoint is not None]
     if len(found) != 1 or not _shards_present(found[0].checkpoint.weight_files):
@@ -82,15 +82,22 @@ def _cached_snapshot(repo_id: str, revision: str, subfolder: str) -> tuple[str |
     return folder, ""
 
 
-def _cached_tree(repo_id: str, commit: str) -> list[str] | None:
-    """The repo's file list at `commit` as huggingface_hub cached it when downloading (None if unknown,
-    e.g. files fetched one by one, or a huggingface_hub without this API)."""
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _cached_tree(repo_id: str, commit: str) -> dict[str, int] | None:
+    """The repo's files at `commit` with their sizes, as huggingface_hub cached the listing when
+    downloading (None if unknown: files fetched one by one, or a huggingface_hub without this API)."""
     try:
         from huggingface_hub import get_cached_repo_tree
     except ImportError:
         return None
     try:
-        return [entry.path for entry in get_cached_repo_tree(repo_id, revision=commit)]
+        return {entry.path: entry.size for entry in get_cached_repo_tree(repo_id, revision=commit)}
     except Exception:  # noqa: BLE001 - CachedRepoTreeNotFoundError, or an unreadable tree file
         return None
 
