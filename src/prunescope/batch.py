@@ -8,10 +8,11 @@ import sys
 import time
 
 from . import __version__
-from .discover import discover_models
+from .discover import ModelEntry, discover_models, examine
+from .locate import LocateError, Location, locate, names_remote_model, refuse_implicit_scan
 from .atomic import write_json
 from .console import format_table, human, reduction, value_range
-from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
+from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
 
@@ -20,13 +21,25 @@ RULE = "=" * 80
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
-              out=None, sparsity: bool = False, device: str = "auto") -> int:
+              out=None, sparsity: bool = False, device: str = "auto", remote_scan: bool = False) -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         say(f"✗ error: --output_dir {output_dir} is a file, not a folder (choose a folder)")
         return 1
+    # Models named by repo id or URL are found first: one that cannot be reached stops the run here.
+    try:
+        located = [locate(reference) for reference in extra_models if names_remote_model(reference)]
+        base_location = locate(base_model) if base_model else None
+    except LocateError as error:
+        say(f"✗ error: {error.line()}")
+        return 1
+    refusal = refuse_implicit_scan([*located, base_location]) if sparsity and not remote_scan else None
+    if refusal:
+        say(f"✗ error: {refusal}")
+        return 1
+    extra_models = [reference for reference in extra_models if not names_remote_model(reference)]
     say(RULE)
     say(f"Scanning model folder: {models_dir}" if models_dir else "Scanning the models given with --model")
     say(RULE)
@@ -34,6 +47,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     try:
         entries = [entry for entry in discover_models(models_dir, include, exclude, extra_models)
                    if not _is_our_output(entry.path, output_dir)]
+        entries += [entry for location in located for entry in _located_entries(location)]
     except OSError as error:
         say(f"✗ error: {models_dir}: cannot list the models folder: {error.strerror or error} "
             "(check the path given to --models_dir)")
@@ -77,7 +91,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     base_error = None
     if base_model:
         try:
-            base = analyse_path(base_model, scan=scan)
+            base = analyse_reference(base_location, scan=scan)
             say(f"✓ base model: {base.structure.model_name} ({human(base.structure.total_params)} parameters, "
                 f"{base.structure.num_layers} layers)")
         except CheckpointError as error:
@@ -134,6 +148,13 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     say(_next_steps(models_dir, output_dir, merge, results))
     failed = any(result.status == "error" for result in results) or base_error is not None
     return 1 if failed else 0
+
+
+def _located_entries(location: Location) -> list[ModelEntry]:
+    """A model named by repo id or URL: remote, or a snapshot in the Hugging Face cache."""
+    if location.is_remote:
+        return [ModelEntry(location.name, location.reference, location.checkpoint)]
+    return examine(location.path, location.name)
 
 
 OUTPUT_NAMES = (BATCH_FILE, MODELS_SUMMARY_FILE, "tables", "plots", "report.html")

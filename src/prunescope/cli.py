@@ -33,7 +33,8 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a model folder or a checkpoint file")
+    parser.add_argument("path", help="a model folder or checkpoint file, a Hub repo id org/name[@revision], "
+                                     "or an hf://, s3://, gs:// or https:// URL")
     parser.add_argument("--base_model", "--base-model", dest="base_model", help="base model to compare with")
     parser.add_argument("--json", action="store_true", help="print model_structure.json to stdout instead")
     add_scan_arguments(parser)
@@ -52,7 +53,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models_dir", "--models-dir", dest="models_dir",
                         help="folder with one model per entry (symlinks are followed); or give --model paths")
-    parser.add_argument("--base_model", "--base-model", dest="base_model", help="the unpruned model, for comparisons")
+    parser.add_argument("--base_model", "--base-model", dest="base_model",
+                        help="the unpruned model, for comparisons: a path, a Hub repo id or a URL")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="baselines_analysis/",
                         help="where batch results go (default: %(default)s)")
     add_scan_arguments(parser)
@@ -61,7 +63,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="re-analyse models whose analysis is up to date")
     parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="only entries matching")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip entries matching")
-    parser.add_argument("--model", action="append", default=[], metavar="PATH", help="also analyse this model path")
+    parser.add_argument("--model", action="append", default=[], metavar="REF",
+                        help="also analyse this model: a path, a Hub repo id org/name[@revision] or a URL")
     parser.add_argument("--report", action="store_true",
                         help="then write tables, plots and report.html under --output_dir (prunescope report)")
 
@@ -72,6 +75,8 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where --sparsity counts (auto: CUDA when torch sees one); the structure "
                              "analysis itself needs no device")
+    parser.add_argument("--remote-scan", "--remote_scan", dest="remote_scan", action="store_true",
+                        help="let --sparsity read the weights of remote models (all their bytes)")
 
 
 COMMANDS = {
@@ -106,7 +111,7 @@ def _run(argv: list[str]) -> int:
         status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                            merge=args.merge_results, force=args.force, include=args.include,
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
-                           device=args.device)
+                           device=args.device, remote_scan=args.remote_scan)
         if args.report:
             from .report.command import run_report
 
@@ -117,7 +122,7 @@ def _run(argv: list[str]) -> int:
 
         return report_from_args(args)
     if args.command == "inspect":
-        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device)
+        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device, args.remote_scan)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -127,21 +132,28 @@ def _run(argv: list[str]) -> int:
 
 
 def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bool = False,
-                  device: str = "auto") -> int:
+                  device: str = "auto", remote_scan: bool = False) -> int:
     from .compare import compare
-    from .pipeline import ScanOptions, analyse_path
+    from .locate import locate, refuse_implicit_scan
+    from .pipeline import ScanOptions, analyse_reference
     from .console import structure_summary
     from .schema import structure_to_dict
     from .tensors import CheckpointError
 
     try:
+        base_location = locate(base_model) if base_model else None
+        location = locate(path)
+        refusal = refuse_implicit_scan([location, base_location]) if sparsity and not remote_scan else None
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 1
         scan = None
         if sparsity:
             from .measure.scan import choose_device
 
             scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
-        base = analyse_path(base_model, scan=scan) if base_model else None
-        analysis = analyse_path(path, base.config if base else None, scan)
+        base = analyse_reference(base_location, scan=scan) if base_location else None
+        analysis = analyse_reference(location, base.config if base else None, scan)
     except CheckpointError as error:
         print(f"error: {error.line()}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ class Checkpoint(Record):
     weight_files: tuple[str, ...]  # weight files, or one shard index
     config_file: str | None = None
     slicing_config: str | None = None  # SliceGPT's <model>_<sparsity>.json
+    origin: dict | None = None  # a remote model's location and file sizes (locate/); None on local disk
 
 
 class ModelEntry(Record):

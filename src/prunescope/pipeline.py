@@ -11,6 +11,7 @@ import os
 from . import __version__
 from .compare import Comparison
 from .discover import Checkpoint, ModelEntry, examine
+from .locate import Location, hf_cache_origin, in_hf_cache, locate
 from .readers import read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
 from .console import structure_summary
@@ -47,12 +48,16 @@ class ModelResult(Record):
     notes: tuple[str, ...] = ()
 
 
-def load_config(path: str | None) -> dict | None:
+def load_config(path: str | None, files=None) -> dict | None:
+    """A JSON config, from local disk or through a remote model's file access."""
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        if files is not None and files.remote:
+            data = json.loads(files.read_whole(path))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
     except OSError as error:
         raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check permissions") from None
     except ValueError:
@@ -61,7 +66,11 @@ def load_config(path: str | None) -> dict | None:
 
 
 def fingerprint(checkpoint: Checkpoint) -> dict:
-    """Sizes and modification times of every file the analysis reads."""
+    """Sizes and modification times of every file the analysis reads; for a model in a Hugging Face
+    cache or on remote storage also where it comes from (repo and commit, URL and file sizes)."""
+    origin = checkpoint.origin or hf_cache_origin(checkpoint.path)
+    if checkpoint.origin is not None:
+        return {"prunescope_version": __version__, "origin": origin}
     paths = list(checkpoint.weight_files)
     for path in checkpoint.weight_files:
         if path.endswith(".index.json"):
@@ -77,7 +86,7 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
             files.append({"path": os.path.realpath(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
         except OSError:
             files.append({"path": os.path.realpath(path), "size": None, "mtime_ns": None})
-    return {"prunescope_version": __version__, "files": files}
+    return {"prunescope_version": __version__, "files": files, **({"origin": origin} if origin else {})}
 
 
 def config_digest(config: dict | None) -> str | None:
@@ -106,8 +115,15 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
                        scan: ScanOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
     source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
-    index = choose_model_reading(read_tensor_index(checkpoint.weight_files))
-    config = load_config(checkpoint.config_file) or index.embedded_config
+    files = None
+    if checkpoint.origin is not None:  # remote: small files first, in one batch
+        from .locate.remote import open_remote
+
+        files = open_remote(checkpoint.origin)
+        files.preload(path for path in (checkpoint.config_file, *checkpoint.weight_files)
+                      if path and path.endswith(".json"))
+    index = choose_model_reading(read_tensor_index(checkpoint.weight_files, files))
+    config = load_config(checkpoint.config_file, files) or index.embedded_config
     try:
         structure = interpret(index, name, config, base_config)
     except CheckpointError as error:
@@ -120,9 +136,9 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
     if checkpoint.kind == "slicegpt":
         slicing = load_config(checkpoint.slicing_config) or {}
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
-    structure = measure_layers(structure, index)
+    structure = measure_layers(structure, index, files)
     if scan is not None:
-        structure = _scan_contents(structure, index, scan)
+        structure = _scan_contents(structure, index, scan, files)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
 
 
@@ -139,11 +155,16 @@ def choose_model_reading(index):
     return best.replace(alternatives=())
 
 
-def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> ModelStructure:
+def _scan_contents(structure: ModelStructure, index, options: ScanOptions, files=None) -> ModelStructure:
     from .measure.scan import apply_contents, scan_tensors
 
     skipped = set(structure.buffers)
     tensors = [t for t in index.tensors if t.alias_of is None and t.name not in skipped]
+    if files is not None and files.remote:
+        from .locate.store import scan_remote  # --remote-scan: the weight files copied to a temporary folder
+
+        return scan_remote(structure, tensors, files, lambda local: _scan_contents(
+            structure, index.replace(tensors=tuple(local)), options))
     bar = None
     if options.progress:
         from tqdm import tqdm
@@ -161,9 +182,28 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> Mo
     return apply_contents(structure, contents)
 
 
-def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions | None = None) -> ModelAnalysis:
-    """A single model given by path (a folder or a checkpoint file), e.g. the base model or `inspect PATH`."""
-    name = os.path.basename(os.path.normpath(path))
+def analyse_reference(location: Location | str, base_config: dict | None = None,
+                      scan: ScanOptions | None = None) -> ModelAnalysis:
+    """A single model given by reference (a local path, a Hub repo id, a URL; see locate/), e.g. the base
+    model or `inspect REF`. A remote Hub model's analysis is kept by (repo, commit) in prunescope's cache."""
+    if isinstance(location, str):
+        location = locate(location)
+    if not location.is_remote:
+        return analyse_path(location.path, base_config, scan, location.name)
+    from .locate import store
+
+    analysis = store.load(location.checkpoint, base_config) if scan is None else None
+    if analysis is None:
+        analysis = analyse_checkpoint(location.checkpoint, location.name, base_config, scan)
+        if scan is None:
+            store.save(analysis)
+    return analysis
+
+
+def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions | None = None,
+                 name: str | None = None) -> ModelAnalysis:
+    """A single model given by path (a folder or a checkpoint file)."""
+    name = name or os.path.basename(os.path.normpath(path))
     entries = examine(path, name)
     found = [entry for entry in entries if entry.checkpoint is not None]
     if not found:
@@ -183,7 +223,7 @@ def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions |
 def analysis_dirs(entry: ModelEntry, output_dir: str) -> tuple[str, str]:
     """(where the spec puts the analysis, the fallback under --output_dir)."""
     fallback = os.path.join(output_dir, entry.name.replace("/", os.sep), "analysis")
-    if os.path.isdir(entry.path):
+    if os.path.isdir(entry.path) and not in_hf_cache(entry.path):  # never write into a cache we do not own
         primary = os.path.join(entry.path, "analysis", entry.analysis_subdir) if entry.analysis_subdir \
             else os.path.join(entry.path, "analysis")
     else:
@@ -245,7 +285,8 @@ def write_analysis(folder: str, analysis: ModelAnalysis, comparison: Comparison 
     findings = [finding.line() for finding in analysis.findings]
     data = structure_to_dict(analysis.structure)
     data["checkpoint"] = {"kind": analysis.checkpoint.kind, "format": analysis.format,
-                          "path": os.path.abspath(analysis.checkpoint.path)}
+                          "path": analysis.checkpoint.path if analysis.checkpoint.origin is not None
+                          else os.path.abspath(analysis.checkpoint.path)}
     data["security_findings"] = [{"file": f.file, "what": f.what, "detail": f.detail} for f in analysis.findings]
     data["source"] = analysis.source
     write_json(os.path.join(folder, STRUCTURE_FILE), data)
@@ -274,7 +315,8 @@ def _reuse(entry: ModelEntry, folder: str, base_config: dict | None) -> ModelAna
         if _depends_on_base(structure) and source.get("base_config") != config_digest(base_config):
             return None
         findings = tuple(SecurityFinding(**finding) for finding in data.get("security_findings", []))
-        return ModelAnalysis(structure, entry.checkpoint, data["checkpoint"]["format"],
-                             load_config(entry.checkpoint.config_file), findings, data["source"])
+        config = None if entry.checkpoint.origin is not None else load_config(entry.checkpoint.config_file)
+        return ModelAnalysis(structure, entry.checkpoint, data["checkpoint"]["format"], config, findings,
+                             data["source"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):
         return None  # anything unexpected on disk: analyse again

@@ -11,26 +11,31 @@ in the base model, which is how removed layers are identified (full comparison w
 
 from __future__ import annotations
 
-import os
-
 from ..interpret.structure import ModelStructure
+from ..readers.access import LocalFiles
 from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
 
 
-def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStructure:
-    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer."""
+def measure_layers(structure: ModelStructure, index: TensorIndex, files=None) -> ModelStructure:
+    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer. `files` reads
+    the bytes (readers/access.py; local files when not given): the first pages of every layer are
+    asked for in one batch, which a remote model fetches concurrently."""
+    if files is None:
+        with LocalFiles() as local:
+            return measure_layers(structure, index, local)
     by_name = {tensor.name: tensor for tensor in index.tensors}
+    per_layer = [sorted((by_name[name] for name in layer.content_tensors), key=_local_name)
+                 for layer in structure.layers]
+    pages = iter(_first_pages([tensor for tensors in per_layer for tensor in tensors], files))
     layers = []
-    with _Files() as files:
-        for layer in structure.layers:
-            tensors = sorted((by_name[name] for name in layer.content_tensors), key=_local_name)
-            first_pages = [_first_page(tensor, files) for tensor in tensors]
-            layers.append(layer.replace(
-                is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
-                fingerprint=_fingerprint(tensors, first_pages)))
+    for layer, tensors in zip(structure.layers, per_layer):
+        first_pages = [next(pages) for _ in tensors]
+        layers.append(layer.replace(
+            is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
+            fingerprint=_fingerprint(tensors, first_pages)))
     return structure.replace(layers=tuple(layers))
 
 
@@ -51,20 +56,25 @@ def _fingerprint(tensors: list[TensorInfo], first_pages: list[bytes]) -> str:
     return f"{checksum:08x}"
 
 
-def _first_page(tensor: TensorInfo, files: "_Files") -> bytes:
-    ranges = tensor.byte_ranges()
-    if not ranges:
-        return b""
-    start, length = ranges[0]
-    size = min(length, FIRST_READ - FIRST_READ % tensor.itemsize)
-    page = files.read(tensor.file, start, size)
-    if len(page) != size:
-        raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
-                              "re-save or re-download it")
-    return page
+def _first_pages(tensors: list[TensorInfo], files) -> list[bytes]:
+    wanted = []
+    for tensor in tensors:
+        ranges = tensor.byte_ranges()
+        start, length = ranges[0] if ranges else (0, 0)
+        wanted.append((tensor.file, start, min(length, FIRST_READ - FIRST_READ % tensor.itemsize)))
+    asked = [request for request in wanted if request[2]]
+    fetched = iter(files.read_ranges(asked))
+    pages = []
+    for tensor, (_, _, size) in zip(tensors, wanted):
+        page = next(fetched) if size else b""
+        if len(page) != size:
+            raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
+                                  "re-save or re-download it")
+        pages.append(page)
+    return pages
 
 
-def _is_all_zero(tensor: TensorInfo, files: "_Files", first_page: bytes) -> bool:
+def _is_all_zero(tensor: TensorInfo, files, first_page: bytes) -> bool:
     signed_float = tensor.dtype in FLOAT_DTYPES
     itemsize = tensor.itemsize
     if not _chunk_is_zero(first_page, itemsize, signed_float):
@@ -75,7 +85,7 @@ def _is_all_zero(tensor: TensorInfo, files: "_Files", first_page: bytes) -> bool
             position += len(first_page)
         while position < end:
             size = min(CHUNK, end - position)
-            data = files.read(tensor.file, position, size)
+            data = files.read_ranges([(tensor.file, position, size)])[0]
             if len(data) != size:
                 raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
                                       "re-save or re-download it")
@@ -95,29 +105,3 @@ def _chunk_is_zero(data: bytes, itemsize: int, signed_float: bool) -> bool:
     if itemsize == 1:
         return True
     return data.count(0x80) == data[itemsize - 1::itemsize].count(0x80)
-
-class _Files:
-    """Open file descriptors, one per file, for positional reads; closed when the measurement ends."""
-
-    def __init__(self):
-        self._fds: dict[str, int] = {}
-
-    def read(self, path: str, offset: int, size: int) -> bytes:
-        fd = self._fds.get(path)
-        if fd is None:
-            try:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            except OSError as error:
-                raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check permissions") from None
-        if hasattr(os, "pread"):
-            return os.pread(fd, size, offset)
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, size)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()

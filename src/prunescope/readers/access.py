@@ -1,0 +1,48 @@
+"""How readers and measurements get bytes: exact byte ranges through one small file-access interface.
+
+`LocalFiles` reads with os.pread and imports nothing. A remote model comes with a `RemoteFiles`
+(locate/remote.py) that has the same methods and fetches a whole list of ranges in one concurrent
+batch; that is why callers ask for all the ranges they need at once instead of one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..tensors import CheckpointError
+
+
+class LocalFiles:
+    """Open file descriptors, one per file, for positional reads; closed when the reading ends."""
+
+    remote = False
+
+    def __init__(self):
+        self._fds: dict[str, int] = {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            except OSError as error:
+                raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check permissions") from None
+        if hasattr(os, "pread"):
+            return os.pread(fd, size, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, size)
+
+    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        """The bytes of each (path, offset, size), in order; shorter where a file ends early."""
+        return [self.read(path, offset, size) for path, offset, size in ranges]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
