@@ -1,0 +1,198 @@
+"""`prunescope export`: pruned models written for transformers and llama.cpp compute what the pruned
+module computes (logits within 1e-5, relative, in fp32), and their analysis gives the source's structure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import builders
+from prunescope.cli import main
+
+TOLERANCE = 1e-5
+IDS = [[5, 17, 99, 3, 64, 120, 7, 42, 88, 1, 33, 76]]
+
+
+def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def logits_of(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor(IDS), use_cache=False).logits[0].float()
+
+
+def loaded_logits(folder) -> torch.Tensor:
+    return logits_of(AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval())
+
+
+def export(*args) -> int:
+    return main(["export", *map(str, args)])
+
+
+def inspected(path) -> dict:
+    result = subprocess.run([sys.executable, "-m", "prunescope", "inspect", str(path), "--json"],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def shapes(structure: dict) -> list:
+    return [(layer["attention"]["num_heads"], layer["attention"]["num_kv_heads"], layer["mlp"]["intermediate_size"],
+             layer["total"]) for layer in structure["layers"]]
+
+
+# -- tiny models pruned as the tools prune them ------------------------------------------------
+
+
+def llm_pruner_model():
+    """LLM-Pruner on a GQA Llama: whole KV groups removed (two query heads per KV head, as in the base)."""
+    model = builders.llama(num_attention_heads=8, num_key_value_heads=4, head_dim=8, intermediate_size=128)
+    builders.prune_structurally(model, {0: (6, 3, 100), 1: (4, 2, 64), 3: (2, 1, 32)})
+    return model
+
+
+def mixed_gqa_model():
+    """Query heads pruned inside KV groups: per layer 3, 1 and 2 query heads per KV head (base: 2)."""
+    model = builders.llama(num_attention_heads=8, num_key_value_heads=4, head_dim=8, intermediate_size=128)
+    plan = {0: (6, 2, 96), 1: (3, 3, 128), 2: (4, 2, 40)}
+    builders.prune_structurally(model, plan)
+    for layer_idx, (heads, kv_heads, _) in plan.items():
+        model.model.layers[layer_idx].self_attn.num_key_value_groups = heads // kv_heads
+    return model
+
+
+def flap_model(plan=None):
+    """FLAP: heads and channels removed per layer, o_proj/down_proj biases, config left stale."""
+    model = builders.llama(num_attention_heads=4, num_key_value_heads=4, intermediate_size=96)
+    builders.add_flap_biases(model)
+    builders.prune_structurally(model, plan or {0: (3, 3, 80), 1: (2, 2, 50), 2: (4, 4, 96), 3: (1, 1, 17)})
+    return model
+
+
+def save_pickle(model, folder):
+    folder.mkdir(parents=True)
+    torch.save({"model": model, "tokenizer": None}, folder / "pytorch_model.bin")
+    return folder
+
+
+def shortgpt(model, removed, folder):
+    builders.remove_layers(model, removed)
+    model.save_pretrained(folder)  # config left stale, as ShortGPT leaves it
+    return model
+
+
+# -- --to hf -------------------------------------------------------------------------------------
+
+
+def test_stale_shortgpt_config_loads_silently_wrong(tmp_path):
+    """The control: transformers loads the stale folder without a word and computes something else."""
+    model = shortgpt(builders.llama(num_hidden_layers=6), [1, 4], tmp_path / "short")
+    assert json.loads((tmp_path / "short" / "config.json").read_text())["num_hidden_layers"] == 6
+    assert relative_difference(loaded_logits(tmp_path / "short"), logits_of(model)) > 0.05
+
+
+def test_hf_shortgpt_llama(tmp_path, capsys):
+    model = shortgpt(builders.llama(num_hidden_layers=6), [1, 4], tmp_path / "short")
+    assert export(tmp_path / "short", "--to", "hf", "--output", tmp_path / "out") == 0
+    assert "weights linked" in capsys.readouterr().out
+    assert os.path.islink(tmp_path / "out" / "model.safetensors")
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 4
+    assert shapes(inspected(tmp_path / "out")) == shapes(inspected(tmp_path / "short"))
+
+
+def test_hf_copy_leaves_no_links(tmp_path):
+    shortgpt(builders.llama(num_hidden_layers=5), [2], tmp_path / "short")
+    assert export(tmp_path / "short", "--to", "hf", "--output", tmp_path / "out", "--copy") == 0
+    assert not os.path.islink(tmp_path / "out" / "model.safetensors")
+
+
+def gemma2_sliding(**extra):
+    config = Gemma2Config(**builders.SMALL, head_dim=16, sliding_window=3, **extra)
+    config.num_hidden_layers = 6
+    config.layer_types = ["sliding_attention", "full_attention"] * 3
+    return Gemma2ForCausalLM(config).eval()
+
+
+def qwen2_sliding():
+    config = Qwen2Config(**{**builders.SMALL, "num_hidden_layers": 6}, use_sliding_window=True, sliding_window=3,
+                         layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention",
+                                      "sliding_attention", "full_attention"])
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("build", [gemma2_sliding, qwen2_sliding], ids=["gemma2", "qwen2"])
+def test_hf_shortgpt_keeps_the_sliding_pattern(tmp_path, build):
+    """layer_types loses the removed layers' entries: cutting the list short would give the kept layers
+    the wrong window (the test's sequence is longer than the window, so it would show in the logits)."""
+    model = build()
+    base_types = list(model.config.layer_types)
+    model.save_pretrained(tmp_path / "base")
+    shortgpt(model, [1], tmp_path / "short")
+    assert export(tmp_path / "short", "--to", "hf", "--output", tmp_path / "out", "--base_model", tmp_path / "base") == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    kept = base_types[:1] + base_types[2:]
+    assert config["layer_types"] == kept
+    # The module's forward picks each layer's mask by its position in config.layer_types: give it the
+    # kept layers' own types (what they were trained with), then compare; the cut-short list differs.
+    model.config.layer_types = kept
+    exported = loaded_logits(tmp_path / "out")
+    assert relative_difference(exported, logits_of(model)) <= TOLERANCE
+    model.config.layer_types = base_types[:len(kept)]
+    assert relative_difference(exported, logits_of(model)) > 0.01
+    # Without the base, which entries to delete is unknown: one line, nothing written.
+    assert export(tmp_path / "short", "--to", "hf", "--output", tmp_path / "out2") == 1
+    assert not os.path.exists(tmp_path / "out2")
+
+
+def test_hf_flap_uniform_with_biases(tmp_path):
+    model = flap_model({index: (2, 2, 48) for index in range(4)})
+    model.save_pretrained(tmp_path / "flap")
+    assert export(tmp_path / "flap", "--to", "hf", "--output", tmp_path / "out") == 0
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
+
+
+def test_hf_refuses_heterogeneous_layers_in_one_line(tmp_path, capsys):
+    model = llm_pruner_model()
+    save_pickle(model, tmp_path / "prune_log")
+    assert export(tmp_path / "prune_log", "--to", "hf", "--output", tmp_path / "out") == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--to gguf" in error and "--to hf-padded" in error
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_hf_from_a_pickle_writes_safetensors(tmp_path):
+    model = builders.llama()
+    builders.prune_structurally(model, {index: (2, 1, 40) for index in range(4)})
+    save_pickle(model, tmp_path / "prune_log")
+    source_bytes = (tmp_path / "prune_log" / "pytorch_model.bin").read_bytes()
+    assert export(tmp_path / "prune_log", "--to", "hf", "--output", tmp_path / "out") == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
+    assert (tmp_path / "prune_log" / "pytorch_model.bin").read_bytes() == source_bytes
+    assert shapes(inspected(tmp_path / "out")) == shapes(inspected(tmp_path / "prune_log"))
+
+
+# -- --to hf-padded ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [llm_pruner_model, mixed_gqa_model, flap_model], ids=["llm_pruner", "mixed_gqa", "flap"])
+def test_hf_padded_is_exact(tmp_path, build, capsys):
+    model = build()
+    if build is flap_model:
+        model.save_pretrained(tmp_path / "source")
+    else:
+        save_pickle(model, tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "hf-padded", "--output", tmp_path / "out") == 0
+    assert "no savings" in capsys.readouterr().out
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == \
+        (model.config.num_attention_heads, model.config.num_key_value_heads)
