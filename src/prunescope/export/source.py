@@ -120,7 +120,11 @@ def read_bytes(tensor: TensorInfo) -> bytes:
 def encode(values: np.ndarray, dtype: str) -> bytes:
     """Float values in a safetensors dtype: F32, F16 or BF16 (rounded to nearest even, as torch does)."""
     if dtype == "BF16":
-        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return rounded.astype("<u2").tobytes()
+        return bf16_bits(values).astype("<u2").tobytes()
     return np.ascontiguousarray(values, dtype=np.dtype(NUMPY_TYPES[dtype]).newbyteorder("<")).tobytes()
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) of float values, rounded to nearest even as torch rounds."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
