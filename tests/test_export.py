@@ -162,6 +162,7 @@ def test_hf_flap_uniform_with_biases(tmp_path):
 def test_hf_refuses_heterogeneous_layers_in_one_line(tmp_path, capsys):
     model = llm_pruner_model()
     save_pickle(model, tmp_path / "prune_log")
+    capsys.readouterr()
     assert export(tmp_path / "prune_log", "--to", "hf", "--output", tmp_path / "out") == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--to gguf" in error and "--to hf-padded" in error
@@ -196,3 +197,91 @@ def test_hf_padded_is_exact(tmp_path, build, capsys):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["num_attention_heads"], config["num_key_value_heads"]) == \
         (model.config.num_attention_heads, model.config.num_key_value_heads)
+
+
+class NoAttention(nn.Module):
+    """What is left of an attention block whose heads were all removed (FLAP can do this): nothing."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class NoMlp(nn.Module):
+    def forward(self, hidden_states):
+        return torch.zeros_like(hidden_states)
+
+
+def sublayers_removed_model():
+    """Layer 0 without attention, layer 2 without its MLP (its attention still there), layer 3 without both."""
+    model = flap_model({0: (2, 2, 40), 1: (3, 3, 60), 2: (1, 1, 96), 3: (4, 4, 10)})
+    layers = model.model.layers
+    layers[0].self_attn = NoAttention()
+    layers[2].mlp = NoMlp()
+    layers[3].self_attn, layers[3].mlp = NoAttention(), NoMlp()
+    return model
+
+
+def test_hf_padded_sublayers_removed(tmp_path):
+    model = sublayers_removed_model()
+    model.save_pretrained(tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "hf-padded", "--output", tmp_path / "out") == 0
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
+
+
+# -- --to gguf, run by llama.cpp -----------------------------------------------------------------
+
+
+def llama_cpp_logits(path) -> torch.Tensor:
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    model.eval(IDS[0])
+    return torch.tensor(model.scores[: len(IDS[0])], dtype=torch.float32)
+
+
+def gguf_field(path, key):
+    import gguf
+
+    return gguf.GGUFReader(str(path)).fields[key].contents()
+
+
+@pytest.mark.parametrize("build", [llm_pruner_model, mixed_gqa_model, flap_model, sublayers_removed_model],
+                         ids=["llm_pruner", "mixed_gqa", "flap", "sublayers_removed"])
+def test_gguf_deci_runs_exactly_in_llama_cpp(tmp_path, build, capsys):
+    model = build()
+    if build in (flap_model, sublayers_removed_model):
+        model.save_pretrained(tmp_path / "source")
+    else:
+        save_pickle(model, tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "model.gguf") == 0
+    out = capsys.readouterr().out
+    assert "placeholder vocabulary of 128" in out
+    assert gguf_field(tmp_path / "model.gguf", "general.architecture") == "deci"
+    heads = [layer.self_attn.q_proj.out_features // 16 if hasattr(layer.self_attn, "q_proj") else 0
+             for layer in model.model.layers]
+    if build is sublayers_removed_model:
+        assert "one all-zero head" in out and "one all-zero channel" in out
+        heads[0] = 1  # the work-around for llama.cpp's layer 0
+    elif build is not flap_model:
+        heads = [layer.self_attn.q_proj.out_features // 8 for layer in model.model.layers]
+    assert gguf_field(tmp_path / "model.gguf", "deci.attention.head_count") == heads
+    assert relative_difference(llama_cpp_logits(tmp_path / "model.gguf"), logits_of(model)) <= TOLERANCE
+    if build is not sublayers_removed_model:  # there, work-arounds add a head and a channel (and drop unused norms)
+        assert shapes(inspected(tmp_path / "model.gguf")) == shapes(inspected(tmp_path / "source"))
+
+
+def test_gguf_uniform_model_is_plain_llama(tmp_path):
+    model = builders.llama()
+    builders.prune_structurally(model, {index: (2, 1, 40) for index in range(4)})
+    model.save_pretrained(tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "model.gguf") == 0
+    assert gguf_field(tmp_path / "model.gguf", "general.architecture") == "llama"
+    assert relative_difference(llama_cpp_logits(tmp_path / "model.gguf"), logits_of(model)) <= TOLERANCE
+
+
+def test_gguf_refuses_other_layouts_in_one_line(tmp_path, capsys):
+    builders.gemma2().save_pretrained(tmp_path / "gemma2")
+    capsys.readouterr()
+    assert export(tmp_path / "gemma2", "--to", "gguf", "--output", tmp_path / "model.gguf") == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--to hf" in error
+    assert not os.path.exists(tmp_path / "model.gguf")
