@@ -285,3 +285,27 @@ def test_gguf_refuses_other_layouts_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--to hf" in error
     assert not os.path.exists(tmp_path / "model.gguf")
+
+
+def test_gguf_carries_the_hf_tokenizer(tmp_path, capsys):
+    """A byte-level BPE tokenizer beside the model is written through gguf's vocab classes: llama.cpp
+    then splits text into the ids the HF tokenizer gives."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=290, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"])
+    tokenizer.train_from_iterator(["the pruned model runs in llama.cpp", "hello world, hello pruning"] * 20, trainer)
+    model = builders.llama(vocab_size=300)
+    builders.prune_structurally(model, {0: (2, 1, 40)})
+    model.save_pretrained(tmp_path / "source")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "model.gguf") == 0
+    assert "tokenizer from" in capsys.readouterr().out
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    runtime = llama_cpp.Llama(model_path=str(tmp_path / "model.gguf"), n_ctx=64, verbose=False, vocab_only=True)
+    text = "hello world, the pruned model"
+    assert runtime.tokenize(text.encode(), add_bos=False) == tokenizer.encode(text).ids
