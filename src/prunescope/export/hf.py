@@ -23,8 +23,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 CLI_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
-# Families whose transformers config can give every projection a bias (attention_bias, mlp_bias).
+# Model types whose transformers config can give every projection a bias (attention_bias, mlp_bias),
+# among those sharing Llama's layout (whose o_proj/down_proj biases are therefore FLAP's).
 BIAS_CONFIG_FAMILIES = ("llama",)
+LLAMA_LAYOUT = ("llama",)
 
 
 class OutTensor:
@@ -44,7 +46,7 @@ def export_hf(source: ExportSource, output: str, copy: bool = False, dtype: str 
     config = hf_config(source, sizes, biases)
     renumbered = [layer.structure.layer_idx for layer in source.layers] != list(range(len(source.layers)))
     needs_rewrite = (source.index.format != "safetensors" or renumbered or dtype is not None
-                     or _missing_biases(source, biases))
+                     or bool(zero_biases(source, biases)))
     lines = []
     with staged_folder(output) as folder:
         if needs_rewrite:
@@ -94,9 +96,9 @@ def bias_flags(source: ExportSource) -> tuple[bool, bool]:
     has = {role: any(layer.projections.get(role) is not None and layer.projections[role].bias is not None
                      for layer in source.layers) for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS}
     extra = [role for role in ("o_proj", "gate_proj", "up_proj", "down_proj") if has[role]]
-    if not extra:
-        return False, False
-    if source.family.name not in BIAS_CONFIG_FAMILIES or source.config.get("model_type") not in (None, "llama"):
+    if not extra or source.family.name not in LLAMA_LAYOUT:
+        return False, False  # no biases added, or a family whose own biases these are (OPT, Phi)
+    if source.config.get("model_type") not in (None, *BIAS_CONFIG_FAMILIES):
         raise CheckpointError(source.path, f"{', '.join(extra)} carry biases, which the "
                                            f"{source.config.get('model_type', source.family.name)} config cannot give",
                               "use --to gguf")
@@ -117,9 +119,12 @@ def hf_config(source: ExportSource, sizes: tuple[int, int, int], biases: tuple[b
                               "give --base_model (its config.json is then the starting point)")
     structure = source.structure
     heads, kv_heads, intermediate = sizes
-    config.update(num_hidden_layers=len(source.layers), num_attention_heads=heads, num_key_value_heads=kv_heads,
-                  intermediate_size=intermediate, head_dim=structure.head_dim, hidden_size=structure.hidden_size,
-                  vocab_size=structure.vocab_size, tie_word_embeddings=structure.tied_embeddings)
+    sizes_by_meaning = {"layers": len(source.layers), "heads": heads, "kv_heads": kv_heads,
+                        "intermediate": intermediate, "head_dim": structure.head_dim,
+                        "hidden": structure.hidden_size, "vocab": structure.vocab_size}
+    for meaning, value in sizes_by_meaning.items():  # under the names the family's config uses
+        config[source.family.config_keys[meaning][0]] = value
+    config["tie_word_embeddings"] = structure.tied_embeddings
     if biases[0] or biases[1]:
         config.update(attention_bias=biases[0], mlp_bias=biases[1])
     layer_types = kept_layer_types(source)
@@ -190,10 +195,6 @@ def renamed_tensors(source: ExportSource) -> list[tuple[str, TensorInfo]]:
             name = f"{prefix}.{new_index[int(index)]}.{rest}"
         out.append((name, tensor))
     return out
-
-
-def _missing_biases(source: ExportSource, biases: tuple[bool, bool]) -> bool:
-    return bool(zero_biases(source, biases))
 
 
 def zero_biases(source: ExportSource, biases: tuple[bool, bool]) -> list[OutTensor]:

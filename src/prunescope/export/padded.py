@@ -16,12 +16,15 @@ import numpy as np
 
 from ..families.base import DOWN, GATE, K, O, Q, UP, V
 from ..tensors import CheckpointError
-from .hf import (OutTensor, TORCH_DTYPES, bias_flags, carry_tokenizer, hf_config, staged_folder, write_config,
+from .hf import (LLAMA_LAYOUT, OutTensor, TORCH_DTYPES, bias_flags, carry_tokenizer, hf_config, staged_folder, write_config,
                  write_safetensors, _common_dtype)
 from .source import ExportSource, read_array
 
 
 def export_padded(source: ExportSource, output: str, dtype: str | None = None, tokenizer: str | None = None) -> list[str]:
+    if source.family.name not in LLAMA_LAYOUT or any(layer.structure.fused_rows for layer in source.layers):
+        raise CheckpointError(source.path, f"--to hf-padded pads Llama-layout models (Llama, Mistral, Qwen, Gemma), "
+                                           f"not {source.structure.family}", "use --to hf")
     heads, kv_heads, intermediate = base_sizes(source)
     head_dim = source.structure.head_dim
     biases = bias_flags(source)
@@ -31,6 +34,9 @@ def export_padded(source: ExportSource, output: str, dtype: str | None = None, t
     for module, role in source.family.layer.items():
         module_of.setdefault(role, module)
     prefix = source.structure.layer_prefix
+    # A role with a bias in any layer has one in every layer (Qwen2's q/k/v), zeros where its layer had none.
+    with_bias = {role for layer in source.layers for role, projection in layer.projections.items()
+                 if projection.bias is not None}
     for position, layer in enumerate(source.layers):
         slots = head_slots(layer.structure.attention.num_heads or 0, layer.structure.attention.num_kv_heads or 0,
                            heads, kv_heads, source.path, layer.structure.layer_idx)
@@ -48,7 +54,8 @@ def export_padded(source: ExportSource, output: str, dtype: str | None = None, t
                       DOWN: ("columns", keep, intermediate)})
         for role, (axis, places, size) in plans.items():
             unit = head_dim if role in (Q, K, V, O) else 1
-            tensors += _padded_projection(source, layer, role, axis, places, size, unit, biases,
+            wants_bias = role in with_bias or (biases[0] if role in (Q, K, V, O) else biases[1])
+            tensors += _padded_projection(source, layer, role, axis, places, size, unit, wants_bias,
                                           names + module_of[role])
         if layer.others:
             raise CheckpointError(source.path, f"layer {layer.structure.layer_idx} holds tensors an export cannot place "
@@ -110,7 +117,7 @@ def head_slots(layer_heads: int, layer_kv: int, heads: int, kv_heads: int, path:
     return HeadSlots(np.array(q_places), np.array(kv_sources))
 
 
-def _padded_projection(source, layer, role, axis, places, size, unit, biases, module) -> list[OutTensor]:
+def _padded_projection(source, layer, role, axis, places, size, unit, wants_bias, module) -> list[OutTensor]:
     """The base-sized weight (and bias) of one projection, the layer's values placed, zeros elsewhere."""
     projection = layer.projections.get(role)
     hidden = source.structure.hidden_size
@@ -145,7 +152,6 @@ def _padded_projection(source, layer, role, axis, places, size, unit, biases, mo
         return out
 
     out = [OutTensor(module + ".weight", shape, weight)]
-    wants_bias = biases[0] if role in (Q, K, V, O) else biases[1]
-    if wants_bias or (projection is not None and projection.bias is not None):
+    if wants_bias:
         out.append(OutTensor(module + ".bias", (shape[0],), bias))
     return out
