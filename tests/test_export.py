@@ -309,3 +309,41 @@ def test_gguf_carries_the_hf_tokenizer(tmp_path, capsys):
     runtime = llama_cpp.Llama(model_path=str(tmp_path / "model.gguf"), n_ctx=64, verbose=False, vocab_only=True)
     text = "hello world, the pruned model"
     assert runtime.tokenize(text.encode(), add_bos=False) == tokenizer.encode(text).ids
+
+
+def test_quantized_gguf_is_counted_by_its_elements(tmp_path):
+    """A GGUF whose matrices are Q8_0 (written by the gguf package's own quantizer) has the same
+    structure as its F32 original: quantized types are counted by logical elements."""
+    import gguf
+    import numpy as np
+
+    model = llm_pruner_model()
+    save_pickle(model, tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "f32.gguf") == 0
+    original = gguf.GGUFReader(str(tmp_path / "f32.gguf"))
+    writer = gguf.GGUFWriter(str(tmp_path / "q8.gguf"), "deci")
+    for key, field in original.fields.items():
+        if key.startswith(("deci.", "general.file_type")):
+            value = field.contents()
+            if isinstance(value, list):
+                writer.add_array(key, value)
+            elif isinstance(value, float):
+                writer.add_float32(key, value)
+            else:
+                writer.add_uint32(key, value)
+    writer.add_tokenizer_model("none")
+    for tensor in original.tensors:
+        values = np.array(tensor.data)
+        if values.ndim == 2 and values.shape[1] % 32 == 0:
+            writer.add_tensor(tensor.name, gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(tensor.name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    quantized = inspected(tmp_path / "q8.gguf")
+    assert shapes(quantized) == shapes(inspected(tmp_path / "source"))
+    assert quantized["total_params"] == model.num_parameters()
+    assert "Q8_0" in quantized["dtypes"]
