@@ -233,7 +233,9 @@ def test_hf_padded_sublayers_removed(tmp_path):
 
 def llama_cpp_logits(path) -> torch.Tensor:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    # K and V cached in f32 (llama.cpp's default f16 cache alone costs ~3e-4): the comparison is fp32 throughout.
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     model.eval(IDS[0])
     return torch.tensor(model.scores[: len(IDS[0])], dtype=torch.float32)
 

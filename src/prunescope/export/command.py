@@ -43,6 +43,9 @@ def run_export(args) -> int:
     except CheckpointError as error:
         print(f"error: {error.line()}", file=sys.stderr)
         return 1
+    except OSError as error:  # the output's folder missing or not writable: nothing was left behind
+        print(f"error: {args.output}: cannot write: {error.strerror or error} (choose another --output)", file=sys.stderr)
+        return 1
     except ImportError as error:
         print(f"error: --to {args.to} needs the `{error.name}` package (pip install 'prunescope[export]')",
               file=sys.stderr)

@@ -8,7 +8,8 @@ for llama.cpp's RoPE, which rotates adjacent pairs where transformers rotates ha
 
 llama.cpp edge cases and the exact work-arounds written for them:
 - `deci` skips the rest of a layer whose MLP is gone (feed_forward_length 0), attention output and
-  residual included: such a layer gets one MLP channel with all-zero weights (silu(0) * 0 = 0).
+  residual included, and in the last layer that skip also drops the selection of the output rows
+  (llama.cpp then aborts): such a layer gets one MLP channel with all-zero weights (silu(0) * 0 = 0).
 - layer 0's head count gives the head size of the whole model (0 heads: a model without heads): a
   layer 0 without attention gets one query/KV head with all-zero weights (its output projection is
   zero, so it adds nothing).
@@ -43,7 +44,8 @@ def export_gguf(source: ExportSource, output: str, dtype: str | None = None, tok
     _check_representable(source)
     config = source.config or source.base_config or {}
     head_dim, hidden = source.structure.head_dim, source.structure.hidden_size
-    layers = [_gguf_layer(source, position, layer, head_dim, hidden) for position, layer in enumerate(source.layers)]
+    layers = [_gguf_layer(source, position, layer, head_dim, hidden, position == len(source.layers) - 1)
+              for position, layer in enumerate(source.layers)]
     sizes = {(layer.heads, layer.kv_heads, layer.feed_forward) for layer in layers}
     uniform = len(sizes) == 1 and 0 not in next(iter(sizes))
     arch = "llama" if uniform else "deci"
@@ -51,6 +53,8 @@ def export_gguf(source: ExportSource, output: str, dtype: str | None = None, tok
     lines = []
     if os.path.lexists(output):
         raise CheckpointError(output, "already exists", "choose a new --output, or remove it first")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise CheckpointError(output, "its folder does not exist", "create it, or choose another --output")
     temporary = os.path.join(os.path.dirname(os.path.abspath(output)),
                              f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(output)}")
     writer = gguf.GGUFWriter(temporary, arch)
@@ -70,9 +74,10 @@ def export_gguf(source: ExportSource, output: str, dtype: str | None = None, tok
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
         writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(float(_rope(config, source)["rope_theta"]))
-        factor = _rope(config, source).get("factor")
-        if _rope(config, source).get("rope_type") == "linear" and factor:
+        rope = _rope(config, source)
+        writer.add_rope_freq_base(float(rope["rope_theta"]))
+        factor = rope.get("factor")
+        if rope["rope_type"] == "linear" and factor:
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(factor))
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
@@ -135,7 +140,8 @@ def _rope(config: dict, source: ExportSource) -> dict:
     return rope
 
 
-def _gguf_layer(source: ExportSource, position: int, layer: SourceLayer, head_dim: int, hidden: int) -> GgufLayer:
+def _gguf_layer(source: ExportSource, position: int, layer: SourceLayer, head_dim: int, hidden: int,
+                last: bool) -> GgufLayer:
     heads = layer.structure.attention.num_heads or 0
     kv_heads = layer.structure.attention.num_kv_heads or 0
     feed_forward = layer.structure.mlp.intermediate_size or 0
@@ -146,10 +152,11 @@ def _gguf_layer(source: ExportSource, position: int, layer: SourceLayer, head_di
     if position == 0 and heads == 0:
         heads = kv_heads = 1
         workaround = "attention removed: one all-zero head (llama.cpp takes the head size from layer 0)"
-    if heads and feed_forward == 0:
+    if feed_forward == 0 and (heads or last):
         feed_forward = 1
-        workaround = (workaround + "; " if workaround else "") + \
-            "MLP removed: one all-zero channel (llama.cpp's deci would skip the attention's output otherwise)"
+        why = "llama.cpp's deci would skip the attention's output otherwise" if heads else \
+            "llama.cpp's deci selects the output rows in the last layer's MLP step"
+        workaround = (workaround + "; " if workaround else "") + f"MLP removed: one all-zero channel ({why})"
     block = f"blk.{position}."
     tensors = []
 

@@ -264,7 +264,7 @@ class staged_folder:
                                       f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(self.output)}")
 
     def __enter__(self) -> str:
-        os.makedirs(self.temporary)
+        os.mkdir(self.temporary)  # not makedirs: a mistyped --output must not create folders
         return self.temporary
 
     def __exit__(self, kind, error, trace):
