@@ -349,3 +349,15 @@ def test_quantized_gguf_is_counted_by_its_elements(tmp_path):
     assert shapes(quantized) == shapes(inspected(tmp_path / "source"))
     assert quantized["total_params"] == model.num_parameters()
     assert "Q8_0" in quantized["dtypes"]
+
+
+def test_hf_renumbers_layers_that_kept_their_numbers(tmp_path):
+    """A state dict whose kept layers still carry their original numbers (0, 2, 3) is written 0, 1, 2."""
+    model = builders.llama()
+    state = {name: tensor for name, tensor in model.state_dict().items() if ".layers.1." not in name}
+    builders.remove_layers(model, [1])
+    (tmp_path / "source").mkdir()
+    torch.save(state, tmp_path / "source" / "pytorch_model.bin")
+    model.config.save_pretrained(tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "hf", "--output", tmp_path / "out") == 0
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
