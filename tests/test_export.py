@@ -197,6 +197,15 @@ def test_hf_padded_is_exact(tmp_path, build, capsys):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["num_attention_heads"], config["num_key_value_heads"]) == \
         (model.config.num_attention_heads, model.config.num_key_value_heads)
+    # Round trip: the padded shapes are the base's, and the content scan finds the source's heads and
+    # channels alive in them.
+    source = inspected(tmp_path / "source")
+    padded = json.loads(subprocess.run([sys.executable, "-m", "prunescope", "inspect", str(tmp_path / "out"), "--json",
+                                        "--sparsity", "--device", "cpu"], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert [(layer["attention"]["effective_heads"], layer["mlp"]["effective_intermediate_size"])
+            for layer in padded["layers"]] == \
+        [(layer["attention"]["num_heads"], layer["mlp"]["intermediate_size"]) for layer in source["layers"]]
 
 
 class NoAttention(nn.Module):
