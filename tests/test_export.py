@@ -370,3 +370,16 @@ def test_hf_renumbers_layers_that_kept_their_numbers(tmp_path):
     model.config.save_pretrained(tmp_path / "source")
     assert export(tmp_path / "source", "--to", "hf", "--output", tmp_path / "out") == 0
     assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
+
+
+def test_hf_dtype_bf16(tmp_path):
+    """--dtype bf16 rounds as torch rounds: every weight equals the module's weight cast by torch."""
+    model = builders.llama()
+    builders.prune_structurally(model, {index: (2, 1, 40) for index in range(4)})
+    save_pickle(model, tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "hf", "--output", tmp_path / "out", "--dtype", "bf16") == 0
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.bfloat16).eval()
+    assert all(parameter.dtype == torch.bfloat16 for parameter in loaded.parameters())
+    want = {name: tensor.to(torch.bfloat16) for name, tensor in model.state_dict().items()}
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, want[name]), name
