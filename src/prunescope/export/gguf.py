@@ -23,7 +23,7 @@ import numpy as np
 
 from ..families.base import DOWN, GATE, K, O, Q, UP, V
 from ..tensors import CheckpointError
-from .source import ExportSource, SourceLayer, bf16_bits, read_array
+from .source import ExportSource, SourceLayer, bf16_bits, read_array, tokenizer_places
 
 GGUF_FAMILIES = ("llama", "mistral")  # transformers model types whose layout llama.cpp's llama/deci reads
 ATTENTION_NORM, MLP_NORM = "input_layernorm", "post_attention_layernorm"
@@ -221,8 +221,8 @@ def _add_vocabulary(writer, gguf, source: ExportSource, tokenizer: str | None) -
     from pathlib import Path
 
     size = source.structure.vocab_size
-    for place in [tokenizer, source.folder]:
-        if not place or not os.path.isdir(place):
+    for place in tokenizer_places(source, tokenizer):
+        if not os.path.isdir(place):
             continue
         for kind in (gguf.vocab.LlamaHfVocab, gguf.vocab.BpeVocab, gguf.vocab.SentencePieceVocab):
             try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..families.base import ATTENTION_PROJECTIONS, MLP_PROJECTIONS
 from ..tensors import CheckpointError, TensorInfo
-from .source import ExportSource, encode, read_array, read_bytes
+from .source import ExportSource, encode, read_array, read_bytes, tokenizer_places
 
 # Files that travel with a model for its tokenizer and generation defaults.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -162,10 +162,8 @@ def write_config(folder: str, config: dict) -> None:
 
 
 def carry_tokenizer(source: ExportSource, folder: str, tokenizer: str | None) -> list[str]:
-    """Copy the tokenizer files from --tokenizer, else the model's folder, else nothing (said)."""
-    for place in (tokenizer, source.folder):
-        if not place:
-            continue
+    """Copy the tokenizer files from --tokenizer, else the model's folder, else the base's, else nothing (said)."""
+    for place in tokenizer_places(source, tokenizer):
         found = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(place, name))]
         if found:
             for name in found:

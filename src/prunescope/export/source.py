@@ -46,6 +46,7 @@ class ExportSource(Record):
     base: ModelStructure | None = None
     base_config: dict | None = None
     removed_base_layers: tuple[int, ...] | None = None  # None: unknown (no base given)
+    base_folder: str | None = None
 
 
 def load_source(path: str, base_model: str | None = None) -> ExportSource:
@@ -69,11 +70,22 @@ def load_source(path: str, base_model: str | None = None) -> ExportSource:
 
         removed = compare(base_analysis.structure, analysis.structure).layer_matching.removed_original_layers
     checkpoint = analysis.checkpoint
-    folder = checkpoint.path if os.path.isdir(checkpoint.path) else os.path.dirname(checkpoint.path)
+    folder = _folder(checkpoint.path)
     return ExportSource(path=path, structure=analysis.structure, config=config, family=family, index=index,
-                        layers=layers, outside=outside, checkpoint_kind=checkpoint.kind, folder=folder or ".",
+                        layers=layers, outside=outside, checkpoint_kind=checkpoint.kind, folder=folder,
                         base=base_analysis.structure if base_analysis else None,
-                        base_config=base_analysis.config if base_analysis else None, removed_base_layers=removed)
+                        base_config=base_analysis.config if base_analysis else None, removed_base_layers=removed,
+                        base_folder=_folder(base_analysis.checkpoint.path) if base_analysis else None)
+
+
+def _folder(path: str) -> str:
+    """Where a checkpoint's companion files (config, tokenizer) lie."""
+    return path if os.path.isdir(path) else os.path.dirname(path) or "."
+
+
+def tokenizer_places(source: ExportSource, tokenizer: str | None) -> list[str]:
+    """Where to look for the HF tokenizer files, in order: --tokenizer, the model's folder, the base's."""
+    return [place for place in (tokenizer, source.folder, source.base_folder) if place]
 
 
 def _source_layer(layer: LayerStructure, prefix: str, by_name: dict) -> SourceLayer:

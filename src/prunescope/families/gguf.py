@@ -2,7 +2,7 @@
 the same for the llama-like architectures it runs (llama, deci); its header keys stand in for the
 config's. Chosen by the file format, not by model_type (a GGUF `llama` is not a transformers `llama`)."""
 
-from .base import (DOWN, EMBEDDING, FINAL_NORM, GATE, K, LM_HEAD, NORM, O, Q, UP, V, CONFIG_KEYS, Family)
+from .base import CONFIG_KEYS, DOWN, EMBEDDING, FINAL_NORM, GATE, K, K_NORM, LM_HEAD, NORM, O, Q, Q_NORM, UP, V, Family
 
 FAMILY = Family(
     name="gguf",
@@ -15,8 +15,10 @@ FAMILY = Family(
         "ffn_gate": GATE,
         "ffn_up": UP,
         "ffn_down": DOWN,
+        "attn_q_norm": Q_NORM,  # qwen3, gemma3
+        "attn_k_norm": K_NORM,
         "attn_norm": NORM,
-        "ffn_norm": NORM,
+        "ffn_norm": NORM,  # other norms (gemma2's post_attention_norm, ...) are norms by their name
     },
     attention="attn",
     mlp="ffn",
