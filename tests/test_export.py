@@ -383,3 +383,15 @@ def test_hf_dtype_bf16(tmp_path):
     want = {name: tensor.to(torch.bfloat16) for name, tensor in model.state_dict().items()}
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, want[name]), name
+
+
+def test_gguf_llama31_rope_scaling(tmp_path):
+    """Llama 3.1's RoPE scaling becomes llama.cpp's rope_freqs factors (short, medium and long wavelengths
+    all occur with these sizes)."""
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    model = builders.llama(rope_parameters=rope)
+    builders.prune_structurally(model, {0: (4, 2, 50), 2: (2, 1, 96)})
+    model.save_pretrained(tmp_path / "source")
+    assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "model.gguf") == 0
+    assert relative_difference(llama_cpp_logits(tmp_path / "model.gguf"), logits_of(model)) <= TOLERANCE

@@ -86,6 +86,8 @@ def export_gguf(source: ExportSource, output: str, dtype: str | None = None, tok
                               "BF16": gguf.LlamaFileType.MOSTLY_BF16}[out_dtype])
         lines.append(_add_vocabulary(writer, gguf, source, tokenizer))
         tensors = _outside_tensors(source) + [tensor for layer in layers for tensor in layer.tensors]
+        if rope["rope_type"] == "llama3":  # Llama 3.1+: per-frequency factors, in llama.cpp a tensor
+            tensors.append(("rope_freqs.weight", (head_dim // 2,), lambda: _llama3_frequency_factors(rope, head_dim)))
         for name, shape, _ in tensors:
             numpy_type, raw_type, itemsize = _element_type(gguf, shape, out_dtype)
             writer.add_tensor_info(name, shape, numpy_type, _count(shape) * itemsize, raw_dtype=raw_type)
@@ -134,10 +136,23 @@ def _rope(config: dict, source: ExportSource) -> dict:
     rope.setdefault("rope_theta", config.get("rope_theta") or 10000.0)
     kind = rope.get("rope_type") or rope.get("type") or "default"
     rope["rope_type"] = kind
-    if kind not in ("default", "linear"):
+    if kind not in ("default", "linear", "llama3"):
         raise CheckpointError(source.path, f"RoPE scaling {kind!r} is not written by prunescope's GGUF export yet",
                               "use --to hf")
     return rope
+
+
+def _llama3_frequency_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """What llama.cpp divides each RoPE frequency by for Llama 3.1's scaling: 1 for short wavelengths,
+    `factor` for long ones, and between them the reciprocal of transformers' smooth interpolation."""
+    factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    context = float(rope["original_max_position_embeddings"])
+    frequencies = 1.0 / float(rope["rope_theta"]) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    wavelengths = 2 * np.pi / frequencies
+    smooth = (context / wavelengths - low) / (high - low)
+    factors = np.where(wavelengths < context / high, 1.0,
+                       np.where(wavelengths > context / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
 
 
 def _gguf_layer(source: ExportSource, position: int, layer: SourceLayer, head_dim: int, hidden: int,
