@@ -395,3 +395,16 @@ def test_gguf_llama31_rope_scaling(tmp_path):
     model.save_pretrained(tmp_path / "source")
     assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "model.gguf") == 0
     assert relative_difference(llama_cpp_logits(tmp_path / "model.gguf"), logits_of(model)) <= TOLERANCE
+
+
+def test_analyze_batch_reads_a_gguf_export_beside_its_source(tmp_path):
+    model = llm_pruner_model()
+    save_pickle(model, tmp_path / "models" / "llm_pruner")
+    (tmp_path / "models" / "llm_pruner_gguf").mkdir()
+    assert export(tmp_path / "models" / "llm_pruner", "--to", "gguf",
+                  "--output", tmp_path / "models" / "llm_pruner_gguf" / "model.gguf") == 0
+    assert main(["analyze", "--models_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out")]) == 0
+    structures = {name: json.loads((tmp_path / "models" / name / "analysis" / "model_structure.json").read_text())
+                  for name in ("llm_pruner", "llm_pruner_gguf")}
+    assert shapes(structures["llm_pruner_gguf"]) == shapes(structures["llm_pruner"])
+    assert structures["llm_pruner_gguf"]["total_params"] == model.num_parameters()

@@ -41,6 +41,9 @@ class OutTensor:
 def export_hf(source: ExportSource, output: str, copy: bool = False, dtype: str | None = None,
               tokenizer: str | None = None) -> list[str]:
     """Write the folder; returns what to tell the user."""
+    if any(layer.structure.shortcut for layer in source.layers):
+        raise CheckpointError(source.path, "SliceGPT's shortcut matrices: no transformers model class has them",
+                              "load it with SliceGPT's own code")
     sizes = uniform_sizes(source)
     biases = bias_flags(source)
     config = hf_config(source, sizes, biases)
