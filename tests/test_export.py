@@ -108,10 +108,15 @@ def test_hf_shortgpt_llama(tmp_path, capsys):
     assert shapes(inspected(tmp_path / "out")) == shapes(inspected(tmp_path / "short"))
 
 
-def test_hf_copy_leaves_no_links(tmp_path):
-    shortgpt(builders.llama(num_hidden_layers=5), [2], tmp_path / "short")
+def test_hf_copy_of_shards_leaves_no_links(tmp_path):
+    model = builders.llama(num_hidden_layers=5)
+    builders.remove_layers(model, [2])
+    model.save_pretrained(tmp_path / "short", max_shard_size="40KB")
     assert export(tmp_path / "short", "--to", "hf", "--output", tmp_path / "out", "--copy") == 0
-    assert not os.path.islink(tmp_path / "out" / "model.safetensors")
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert "model.safetensors.index.json" in written and len([n for n in written if n.endswith(".safetensors")]) > 2
+    assert not any(os.path.islink(tmp_path / "out" / name) for name in written)
+    assert relative_difference(loaded_logits(tmp_path / "out"), logits_of(model)) <= TOLERANCE
 
 
 def gemma2_sliding(**extra):

@@ -60,8 +60,9 @@ def export_hf(source: ExportSource, output: str, copy: bool = False, dtype: str 
             config["dtype"] = TORCH_DTYPES[out_dtype]
             lines.append(f"weights written as {out_dtype} safetensors ({len(tensors)} tensors)")
         else:
-            for path in source.index.files + tuple(f for f in _shard_indexes(source)):
-                target = os.path.join(folder, os.path.basename(path))
+            single = len(source.index.files) == 1  # transformers looks for model.safetensors by that name
+            for path in source.index.files + tuple(_shard_indexes(source)):
+                target = os.path.join(folder, "model.safetensors" if single else os.path.basename(path))
                 if copy:
                     shutil.copyfile(path, target)
                 else:
