@@ -189,10 +189,26 @@ def test_hf_from_a_pickle_writes_safetensors(tmp_path):
 # -- --to hf-padded ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [llm_pruner_model, mixed_gqa_model, flap_model], ids=["llm_pruner", "mixed_gqa", "flap"])
+def qwen2_pruned():
+    """Qwen2 (q/k/v biases), whole KV groups removed per layer."""
+    model = builders.qwen2(tied=False)
+    model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads  # for the pruning helper
+    builders.prune_structurally(model, {0: (2, 1, 50), 2: (2, 1, 96), 3: (4, 2, 20)})
+    return model
+
+
+def qwen3_pruned():
+    """Qwen3 (per-head q/k norms)."""
+    model = builders.qwen3()
+    builders.prune_structurally(model, {1: (2, 1, 64), 3: (2, 1, 30)})
+    return model
+
+
+@pytest.mark.parametrize("build", [llm_pruner_model, mixed_gqa_model, flap_model, qwen2_pruned, qwen3_pruned],
+                         ids=["llm_pruner", "mixed_gqa", "flap", "qwen2", "qwen3"])
 def test_hf_padded_is_exact(tmp_path, build, capsys):
     model = build()
-    if build is flap_model:
+    if build in (flap_model, qwen2_pruned, qwen3_pruned):
         model.save_pretrained(tmp_path / "source")
     else:
         save_pickle(model, tmp_path / "source")

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from ..families import choose_family
-from ..families.base import DOWN, EMBEDDING, FINAL_NORM, GATE, LM_HEAD, NORM, O, Q, UP, K, V, Family
+from ..families.base import DOWN, EMBEDDING, FINAL_NORM, GATE, K, K_NORM, LM_HEAD, NORM, O, Q, Q_NORM, UP, V, Family
 from ..interpret.structure import LayerStructure, ModelStructure
 from ..pipeline import analyse_path
 from ..readers import read_tensor_index
@@ -96,7 +96,7 @@ def _source_layer(layer: LayerStructure, prefix: str, by_name: dict) -> SourceLa
         tensor = by_name[name]
         if role in (Q, K, V, O, GATE, UP, DOWN):
             projections.setdefault(role, {})["weight" if name.endswith(".weight") else "bias"] = tensor
-        elif role == NORM and name.endswith(".weight"):
+        elif role in (NORM, Q_NORM, K_NORM) and name.endswith(".weight"):  # q/k norms: per head, any head count
             norms[name[len(start):-len(".weight")]] = tensor
         else:
             others.append(name)
