@@ -379,6 +379,9 @@ def test_quantized_gguf_is_counted_by_its_elements(tmp_path):
     assert shapes(quantized) == shapes(inspected(tmp_path / "source"))
     assert quantized["total_params"] == model.num_parameters()
     assert "Q8_0" in quantized["dtypes"]
+    scan = subprocess.run([sys.executable, "-m", "prunescope", "inspect", str(tmp_path / "q8.gguf"), "--sparsity",
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert scan.returncode == 1 and "cannot count the values of Q8_0" in scan.stderr
 
 
 def test_hf_renumbers_layers_that_kept_their_numbers(tmp_path):
