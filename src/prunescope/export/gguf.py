@@ -23,7 +23,7 @@ import numpy as np
 
 from ..families.base import DOWN, GATE, K, O, Q, UP, V
 from ..tensors import CheckpointError
-from .source import ExportSource, SourceLayer, bf16_bits, read_array, tokenizer_places
+from .source import ExportSource, SourceLayer, bf16_bits, read_array, temporary_beside, tokenizer_places
 
 GGUF_FAMILIES = ("llama", "mistral")  # transformers model types whose layout llama.cpp's llama/deci reads
 ATTENTION_NORM, MLP_NORM = "input_layernorm", "post_attention_layernorm"
@@ -51,12 +51,7 @@ def export_gguf(source: ExportSource, output: str, dtype: str | None = None, tok
     arch = "llama" if uniform else "deci"
     out_dtype = dtype or _source_dtype(source)
     lines = []
-    if os.path.lexists(output):
-        raise CheckpointError(output, "already exists", "choose a new --output, or remove it first")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise CheckpointError(output, "its folder does not exist", "create it, or choose another --output")
-    temporary = os.path.join(os.path.dirname(os.path.abspath(output)),
-                             f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(output)}")
+    temporary = temporary_beside(output)
     writer = gguf.GGUFWriter(temporary, arch)
     try:
         writer.add_name(source.structure.model_name)

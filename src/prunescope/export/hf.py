@@ -16,7 +16,7 @@ import numpy as np
 
 from ..families.base import ATTENTION_PROJECTIONS, MLP_PROJECTIONS
 from ..tensors import CheckpointError, TensorInfo
-from .source import ExportSource, encode, read_array, read_bytes, tokenizer_places
+from .source import ExportSource, encode, read_array, read_bytes, temporary_beside, tokenizer_places
 
 # Files that travel with a model for its tokenizer and generation defaults.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -260,13 +260,10 @@ class staged_folder:
 
     def __init__(self, output: str):
         self.output = os.path.abspath(output)
-        if os.path.lexists(self.output):
-            raise CheckpointError(output, "already exists", "choose a new --output, or remove it first")
-        self.temporary = os.path.join(os.path.dirname(self.output),
-                                      f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(self.output)}")
+        self.temporary = temporary_beside(output)
 
     def __enter__(self) -> str:
-        os.mkdir(self.temporary)  # not makedirs: a mistyped --output must not create folders
+        os.mkdir(self.temporary)
         return self.temporary
 
     def __exit__(self, kind, error, trace):

@@ -140,3 +140,14 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
     """bf16 bit patterns (uint16) of float values, rounded to nearest even as torch rounds."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def temporary_beside(output: str) -> str:
+    """A temporary name in `output`'s folder, to write under and then rename into place (whole or
+    nothing); refuses an existing output and a folder that does not exist (a mistyped path)."""
+    output = os.path.abspath(output)
+    if os.path.lexists(output):
+        raise CheckpointError(output, "already exists", "choose a new --output, or remove it first")
+    if not os.path.isdir(os.path.dirname(output)):
+        raise CheckpointError(output, "its folder does not exist", "create it, or choose another --output")
+    return os.path.join(os.path.dirname(output), f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(output)}")
