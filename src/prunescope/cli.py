@@ -1,4 +1,4 @@
-"""Command line: `prunescope analyze | inspect | demo`. Console output follows the original tool's."""
+"""Command line: `prunescope analyze | inspect | report | demo | export`. Console output follows the original tool's."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", nargs="?", default="prunescope_demo", help="where to write (default: %(default)s)")
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from .export.command import add_export_arguments as add  # the export package loads only for this command
+
+    add(parser)
+
+
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models_dir", "--models-dir", dest="models_dir",
                         help="folder with one model per entry (symlinks are followed); or give --model paths")
@@ -85,6 +91,7 @@ COMMANDS = {
     "report": ("paper-ready tables, plots and an HTML report from the analyses and evaluation results",
                add_report_arguments),
     "demo": ("write the bundled demo models and analyse them", add_demo_arguments),
+    "export": ("write a pruned model for llama.cpp (GGUF) or transformers, exactly", add_export_arguments),
 }
 
 
@@ -123,6 +130,10 @@ def _run(argv: list[str]) -> int:
         return report_from_args(args)
     if args.command == "inspect":
         return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device, args.remote_scan)
+    if args.command == "export":
+        from .export.command import run_export
+
+        return run_export(args)
     if args.command == "demo":
         from .demo import run_demo
 

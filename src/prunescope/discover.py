@@ -18,11 +18,12 @@ NOT_MODEL_FILES = ("training_args.bin", "optimizer*", "scheduler*", "scaler*", "
                    "adapter_model.*", "adapter_config.json")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 PICKLE_SUFFIX = ".pkl"  # read when given as a path (torch.load reads any pickle); not searched for in folders
+GGUF_SUFFIX = ".gguf"
 MAX_DEPTH = 4
 
 
 class Checkpoint(Record):
-    kind: str  # "huggingface", "torch" or "slicegpt"
+    kind: str  # "huggingface", "torch", "slicegpt" or "gguf"
     path: str  # the folder (huggingface) or the weight file (torch, slicegpt)
     weight_files: tuple[str, ...]  # weight files, or one shard index
     config_file: str | None = None
@@ -189,6 +190,8 @@ def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpo
         config = _model_config(folder or ".", os.listdir(folder or "."))
     if name.endswith(".safetensors"):
         return Checkpoint("huggingface" if config else "safetensors", path, (path,), config)
+    if name.endswith(GGUF_SUFFIX):
+        return Checkpoint("gguf", path, (path,))  # its own header is its config
     if not name.endswith(TORCH_SUFFIXES) and not (files is None and name.endswith(PICKLE_SUFFIX)):
         return None
     if files is None:  # a file given on its own: its folder may still hold its config
@@ -236,7 +239,7 @@ def _json(path: str, limit: int = 10 * 1024 * 1024):
 
 
 def _strip_suffix(name: str) -> str:
-    for suffix in TORCH_SUFFIXES + (".safetensors", PICKLE_SUFFIX):
+    for suffix in TORCH_SUFFIXES + (".safetensors", PICKLE_SUFFIX, GGUF_SUFFIX):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -47,6 +47,9 @@ class TensorInfo(Record):
     stride: tuple[int, ...] | None = None  # in elements; None when contiguous
     alias_of: str | None = None  # the same tensor under an earlier name (tied weights)
     is_parameter: bool | None = None  # False for a module's buffer; None when the file does not say
+    # Bytes of a block-quantized tensor (GGUF's Q4_K, ...), whose elements have no whole byte size;
+    # None for every other type (numel x itemsize).
+    nbytes: int | None = None
 
     @property
     def numel(self) -> int:
@@ -57,7 +60,7 @@ class TensorInfo(Record):
 
     @property
     def itemsize(self) -> int:
-        return DTYPE_SIZES[self.dtype]
+        return DTYPE_SIZES.get(self.dtype, 1) if self.nbytes is not None else DTYPE_SIZES[self.dtype]
 
     def byte_ranges(self) -> list[tuple[int, int]]:
         """(start, length) of the file ranges holding exactly this tensor's elements, merged where adjacent."""
@@ -65,7 +68,7 @@ class TensorInfo(Record):
             return []
         item = self.itemsize
         if self.stride is None:
-            return [(self.offset, self.numel * item)]
+            return [(self.offset, self.nbytes if self.nbytes is not None else self.numel * item)]
         # Strided views (e.g. sliced weights saved with their whole storage): walk the outer
         # dimensions, keeping innermost runs of unit stride together. Size-1 dimensions have no
         # meaningful stride, and stride-0 dimensions (expanded views) repeat the same bytes.

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import re
 
-from . import llama, opt, phi, phi3
+from . import gguf, llama, opt, phi, phi3
 from .base import Family
 
-FAMILIES: tuple[Family, ...] = (llama.FAMILY, opt.FAMILY, phi.FAMILY, phi3.FAMILY)
+FAMILIES: tuple[Family, ...] = (llama.FAMILY, opt.FAMILY, phi.FAMILY, phi3.FAMILY, gguf.FAMILY)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
 CLASS_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "Model")
-LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
+LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?layers|blk)\.(?P<index>\d+)\.(?P<rest>.+)$")  # blk: GGUF
 
 
 def choose_family(config: dict, module_classes: dict[str, str], tensor_names) -> Family:
     """The description to read a checkpoint with, by what it says it is, in order of trust:
-    1) config.json's model_type, 2) its architectures, 3) the class a pickled module was saved as,
+    0) a GGUF file's header (the reader marks it), 1) config.json's model_type, 2) its architectures, 3) the class a pickled module was saved as,
     4) else the family whose table names most of the layers' tensors (Llama's when none does)."""
+    if config.get("format") == "gguf":  # llama.cpp's names, whatever architecture the header names
+        return gguf.FAMILY
     by_model_type = {model_type: family for family in FAMILIES for model_type in family.model_types}
     model_type = config.get("model_type")
     if isinstance(model_type, str) and model_type in by_model_type:

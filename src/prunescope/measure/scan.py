@@ -69,6 +69,10 @@ def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | 
     The engine is numpy on the CPU and torch on CUDA devices; tests run the torch engine on the CPU.
     Tensors named in `per_row_groups` get their N:M groups counted per row (fused projections, which
     are split into parts by rows afterwards)."""
+    packed = next((tensor for tensor in tensors if tensor.nbytes is not None), None)
+    if packed is not None:  # block-quantized (GGUF Q4_K, ...): bytes are not elements
+        raise CheckpointError(packed.file, f"--sparsity cannot count the values of {packed.dtype} tensors ({packed.name})",
+                              "scan the unquantized model")
     jobs = [job + (tensor.name in per_row_groups,) for tensor in tensors for job in _chunks(tensor)]
     counters = {tensor.name: _Counter(tensor) for tensor in tensors}
     if (engine or ("numpy" if device == "cpu" else "torch")) == "torch":

@@ -45,6 +45,10 @@ def _read_one(path: str) -> TensorIndex:
     if path.endswith(".safetensors"):
         tensors = read_safetensors_file(path)
         return TensorIndex(format="safetensors", files=(path,), tensors=tuple(tensors))
+    if path.endswith(".gguf"):
+        from .gguf import read_gguf_file  # the gguf package only when a GGUF file is read
+
+        return read_gguf_file(path)
     from .torch_archive import read_torch_file  # zipfile and pickle only when a torch file is read
 
     return read_torch_file(path)
