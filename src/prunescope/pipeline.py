@@ -11,6 +11,7 @@ import os
 from . import __version__
 from .compare import Comparison
 from .discover import Checkpoint, ModelEntry, examine
+from .quantized import PLAIN, decode_quantization
 from .readers import read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
 from .console import structure_summary
@@ -108,6 +109,7 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
     source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
     index = read_tensor_index(checkpoint.weight_files)
     config = load_config(checkpoint.config_file) or index.embedded_config
+    index = decode_quantization(index, config)
     try:
         structure = interpret(index, name, config, base_config)
     except CheckpointError as error:
@@ -117,6 +119,9 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
         found = ", ".join(dict.fromkeys(finding.what for finding in index.findings))
         raise CheckpointError(error.path, f"{error.problem}; SECURITY: it references {found} (nothing was run)",
                               error.hint) from None
+    if structure.quantization is not None and structure.total_params:
+        structure = structure.replace(quantization=structure.quantization.replace(
+            bits_per_param=round(structure.quantization.storage_bytes * 8 / structure.total_params, 4)))
     if checkpoint.kind == "slicegpt":
         slicing = load_config(checkpoint.slicing_config) or {}
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
@@ -130,18 +135,27 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> Mo
     from .measure.scan import apply_contents, scan_tensors
 
     skipped = set(structure.buffers)
+    # Quantized weights are counted from their codes (measure/scan_quantized.py); fp8 and int8 weights
+    # stored in the dense layout are read like any tensor.
+    decoded = [item for item in index.encoded.values() if item.scheme != PLAIN]
+    skipped |= {item.logical.name for item in decoded}
     tensors = [t for t in index.tensors if t.alias_of is None and t.name not in skipped]
     bar = None
     if options.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors), unit="B", unit_scale=True,
-                   desc=f"scanning {structure.model_name}", leave=False)
+        bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors) + sum(i.data.numel * i.data.itemsize for i in decoded),
+                   unit="B", unit_scale=True, desc=f"scanning {structure.model_name}", leave=False)
     try:
         # Fused projections (Phi-3) are split into q/k/v and gate/up by rows: count their groups per row.
         fused = frozenset(name for layer in structure.layers for name in layer.fused_rows)
         contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None,
                                 per_row_groups=fused)
+        if decoded:
+            from .measure.scan_quantized import scan_encoded
+
+            contents.update(scan_encoded(decoded, options.workers, bar.update if bar else None, fused))
+            contents = {t.name: contents[t.name] for t in index.tensors if t.name in contents}  # file order
     finally:
         if bar is not None:
             bar.close()

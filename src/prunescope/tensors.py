@@ -118,3 +118,7 @@ class TensorIndex(Record):
     container: str = ""
     is_whole_module: bool = False
     findings: tuple[SecurityFinding, ...] = ()
+    # Set by stage 2.5 (prunescope.quantized) on the logical index of a quantized checkpoint: logical
+    # weight name -> how its values are stored (quantized.Encoded), and the encoding's description.
+    encoded: dict = {}
+    quantization: object = None

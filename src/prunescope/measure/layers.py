@@ -23,15 +23,35 @@ CHUNK = 1 << 20
 def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStructure:
     """The structure with `is_zero_layer` and `fingerprint` filled in for every layer."""
     by_name = {tensor.name: tensor for tensor in index.tensors}
+    # A quantized weight is read as its stored codes (prunescope.quantized), in the logical one's place.
+    codes = {name: item.data for name, item in index.encoded.items()}
     layers = []
     with _Files() as files:
         for layer in structure.layers:
-            tensors = sorted((by_name[name] for name in layer.content_tensors), key=_local_name)
+            names = sorted(layer.content_tensors, key=lambda name: _local_name(by_name[name]))
+            tensors = [codes.get(name, by_name[name]) for name in names]
             first_pages = [_first_page(tensor, files) for tensor in tensors]
             layers.append(layer.replace(
-                is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
+                is_zero_layer=all(_is_all_zero(tensor, files, page) if name not in index.encoded
+                                  else _encodes_zeros(index.encoded[name], files, page)
+                                  for name, tensor, page in zip(names, tensors, first_pages)),
                 fingerprint=_fingerprint(tensors, first_pages)))
     return structure.replace(layers=tuple(layers))
+
+
+def _encodes_zeros(item, files: "_Files", first_page: bytes) -> bool:
+    """Whether a quantized weight encodes only zeros. Values stored as themselves (fp8, int8, the
+    bitmask formats' values) are tested like any tensor; codes whose zero is one constant byte are
+    decided on the first page; the rest, and pages that may be all zeros, are decoded (numpy)."""
+    from .scan_quantized import is_all_zero, zero_byte
+    from ..quantized import BITMASK, BITMASK_24, PLAIN
+
+    if item.scheme in (PLAIN, BITMASK, BITMASK_24):
+        return _is_all_zero(item.data, files, first_page)
+    constant = zero_byte(item)
+    if constant is not None and first_page.count(constant) != len(first_page):
+        return False
+    return is_all_zero(item)
 
 
 def _local_name(tensor: TensorInfo) -> str:
