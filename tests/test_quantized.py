@@ -1,0 +1,93 @@
+"""Quantized and compressed checkpoints, written by the quantization libraries' own code, are counted
+as the dense model they encode: every count equals the dense pruned model's module counts, and with
+--sparsity every stored nonzero equals the library's own dequantization's `(w != 0).sum()`."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from oracle import assert_matches
+from prunescope.pipeline import ScanOptions, analyse_path
+from prunescope.schema import structure_from_dict, structure_to_dict
+from prunescope.tensors import CheckpointError
+from quantized_builders import pruned_llama, save_compressed_tensors
+
+pytest.importorskip("compressed_tensors")
+
+
+def analysed(path, sparsity=False) -> dict:
+    structure = analyse_path(str(path), scan=ScanOptions(workers=2) if sparsity else None).structure
+    data = structure_to_dict(structure)
+    assert structure_to_dict(structure_from_dict(json.loads(json.dumps(data)))) == data  # round trip
+    return data
+
+
+def assert_stored_nonzeros(data: dict, oracle: dict[str, int]) -> None:
+    got = {tensor["name"]: tensor["nonzero"] for tensor in data["tensors"]}
+    for name, nonzero in oracle.items():
+        assert got[name] == nonzero, name
+    assert data["nonzero_params"] == sum(got.values())
+
+
+def zero_layer_(model, index: int) -> None:
+    with torch.no_grad():
+        layer = model.model.layers[index]
+        for part in (layer.self_attn, layer.mlp):
+            for parameter in part.parameters():
+                parameter.zero_()
+
+
+@pytest.mark.parametrize("kind, format_name, bits", [
+    ("w4a16", "pack-quantized", 4), ("w4a16-asym", "pack-quantized", 4), ("w4a16-channel", "pack-quantized", 4),
+    ("w8a16", "pack-quantized", 8), ("fp8", "naive-quantized", 8), ("fp8-dynamic", "float-quantized", 8),
+    ("w8a8", "int-quantized", 8)])
+def test_compressed_tensors_formats_count_as_the_dense_model(tmp_path, kind, format_name, bits):
+    model = pruned_llama()
+    zero_layer_(model, 2)
+    dense = copy.deepcopy(model)
+    oracle = save_compressed_tensors(model, str(tmp_path / kind), kind)
+    data = analysed(tmp_path / kind)
+    assert_matches(data, dense)
+    quantization = data["quantization"]
+    assert (quantization["method"], quantization["format"], quantization["bits"]) == ("compressed-tensors", format_name, bits)
+    assert quantization["unquantized_modules"] == ["lm_head", "model.embed_tokens"]
+    linear = sum(module.weight.numel() for name, module in dense.named_modules()
+                 if isinstance(module, torch.nn.Linear) and ".layers." in name)
+    assert quantization["quantized_params"] == linear
+    files = sum(path.stat().st_size for path in (tmp_path / kind).glob("*.safetensors"))
+    assert 0 < quantization["storage_bytes"] < files  # tensor data, without the header
+    assert quantization["bits_per_param"] == round(quantization["storage_bytes"] * 8 / data["total_params"], 4)
+    scanned = analysed(tmp_path / kind, sparsity=True)
+    assert_stored_nonzeros(scanned, oracle)
+    assert scanned["layers"][0]["nm_sparsity"] == "2:4"  # the 2:4 pattern survives, seen on the codes
+
+
+def test_a_dense_model_with_only_a_compressed_tensors_config_is_analysed(tmp_path):
+    """llm-compressor writes `quant_method: compressed-tensors` for sparse-only models saved dense."""
+    model = pruned_llama()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "sparsity_config": {},
+                                     "transform_config": {}, "version": "0.20.1"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    data = analysed(tmp_path)
+    assert_matches(data, model)
+    assert data["quantization"]["format"] == "dense" and data["quantization"]["quantized_params"] == 0
+
+
+def test_an_undecodable_format_is_one_line_naming_it(tmp_path):
+    model = pruned_llama()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="nvfp4-pack-quantized: prunescope cannot decode"):
+        analyse_path(str(tmp_path))
+    config["quantization_config"] = {"quant_method": "hqq"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"quantized checkpoint \(hqq\): prunescope cannot decode"):
+        analyse_path(str(tmp_path))
