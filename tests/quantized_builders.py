@@ -3,6 +3,8 @@ pruned models (tests/builders.py) whose module counts are the oracle."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from builders import llama, prune_structurally
@@ -85,3 +87,117 @@ def save_compressed_tensors(model, folder: str, kind: str, ignore=("lm_head",)) 
     compressor.update_config(folder)
     compressor.decompress_model(model)  # the library's own dequantization: the oracle for stored nonzeros
     return {name: int((param != 0).sum()) for name, param in model.state_dict().items() if name.endswith(".weight")}
+
+
+# -- bitsandbytes (CPU backend, through transformers) -----------------------------------------------
+
+
+def save_bitsandbytes(model, folder: str, kind: str) -> dict[str, int]:
+    """Save `model` dense, load it back quantized by bitsandbytes (nf4 + double quant, or LLM.int8)
+    through transformers, save that. Returns nonzeros per weight after bitsandbytes' own dequantization."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dense = folder + "-dense"
+    model.save_pretrained(dense)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16) if kind == "nf4" else \
+        BitsAndBytesConfig(load_in_8bit=True)
+    quantized = AutoModelForCausalLM.from_pretrained(dense, quantization_config=config, device_map="cpu")
+    quantized.save_pretrained(folder)
+    oracle = {}
+    for name, module in quantized.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            weight = bnb.functional.int8_vectorwise_dequant(module.weight.data, module.weight.SCB)
+        else:
+            continue
+        oracle[name + ".weight"] = int((weight != 0).sum())
+    return oracle
+
+
+# -- GPTQ and AWQ: written following GPTQModel's and AutoAWQ's packing code ------------------------
+# Neither library installs here without replacing torch or transformers (shared/notes/quantized.md,
+# section 0), so these writers pack round-to-nearest codes exactly as GPTQModel 7.3.6
+# (`nn_modules/qlinear/__init__.py::pack`) and AutoAWQ 0.2.9 (`modules/linear/gemm.py::from_linear`)
+# lay them out; the oracle is the dequantization of the integer codes before packing.
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def _pack_rows(codes: torch.Tensor, order=tuple(range(8))) -> torch.Tensor:
+    """[n, m] 4-bit codes -> int32 [n, m/8]: code of column 8c + order[k] at bits 4k of word c."""
+    import numpy as np
+
+    values = codes.to(torch.int64).numpy().astype(np.uint32).reshape(codes.shape[0], -1, 8)
+    words = np.zeros(values.shape[:2], dtype=np.uint32)
+    for k, column in enumerate(order):
+        words |= values[:, :, column] << np.uint32(4 * k)
+    return torch.from_numpy(words.view(np.int32))
+
+
+def _rtn(weight: torch.Tensor, group_of_column: torch.Tensor, groups: int, symmetric: bool):
+    """Round-to-nearest 4-bit codes [out, in], zero points and scales [groups, out], asymmetric min/max."""
+    weight = weight.float()
+    scales = torch.empty(groups, weight.shape[0])
+    zeros = torch.empty(groups, weight.shape[0], dtype=torch.int64)
+    codes = torch.empty(weight.shape, dtype=torch.int64)
+    for group in range(groups):
+        columns = (group_of_column == group).nonzero().flatten()
+        block = weight[:, columns]
+        if symmetric:
+            scale = (block.abs().amax(1) / 7.5).clamp(min=1e-8)
+            zero = torch.full((weight.shape[0],), 8, dtype=torch.int64)
+        else:
+            low, high = block.amin(1).clamp(max=0), block.amax(1).clamp(min=0)
+            scale = ((high - low) / 15).clamp(min=1e-8)
+            zero = torch.round(-low / scale).to(torch.int64).clamp(0, 15)
+        codes[:, columns] = (torch.round(block / scale[:, None]).to(torch.int64) + zero[:, None]).clamp(0, 15)
+        scales[group], zeros[group] = scale, zero
+    return codes, zeros, scales.to(torch.float16)
+
+
+def save_packed(model, folder: str, method: str, act_order: bool = False, symmetric: bool = False,
+                group_size: int = 32) -> dict[str, int]:
+    """GPTQ (v1: zero points stored minus one; `g_idx`, permuted with act-order) or AWQ GEMM files of
+    `model`'s decoder linears. Returns nonzeros per weight of the dequantized codes."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(1)
+    state, oracle = {}, {}
+    for name, tensor in model.state_dict().items():
+        module = name.rsplit(".", 1)[0]
+        if not (name.endswith(".weight") and ".layers." in name and tensor.dim() == 2):
+            state[name] = tensor.contiguous()
+            continue
+        out_features, in_features = tensor.shape
+        groups = in_features // group_size
+        if act_order:  # GPTQ desc_act: groups follow the order columns were quantized in
+            order = torch.randperm(in_features, generator=generator)
+            group_of_column = torch.empty(in_features, dtype=torch.int64)
+            group_of_column[order] = torch.arange(in_features) // group_size
+        else:
+            group_of_column = torch.arange(in_features) // group_size
+        codes, zeros, scales = _rtn(tensor, group_of_column, groups, symmetric)
+        dequantized = (codes - zeros.T[:, group_of_column]) * scales.float().T[:, group_of_column]
+        oracle[name] = int((dequantized != 0).sum())
+        if method == "gptq":
+            state[f"{module}.qweight"] = _pack_rows(codes.T.contiguous().reshape(-1, 8, out_features)
+                                                    .transpose(1, 2).reshape(-1, 8)).reshape(-1, out_features)
+            state[f"{module}.qzeros"] = _pack_rows((zeros - 1) & 15)
+            state[f"{module}.g_idx"] = group_of_column.to(torch.int32)
+        else:
+            state[f"{module}.qweight"] = _pack_rows(codes.T.contiguous(), AWQ_ORDER)
+            state[f"{module}.qzeros"] = _pack_rows(zeros, AWQ_ORDER)
+        state[f"{module}.scales"] = scales
+    model.config.save_pretrained(folder)
+    quantization = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "desc_act": act_order,
+                    "sym": symmetric, "checkpoint_format": "gptq", "pack_dtype": "int32"} if method == "gptq" else \
+        {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
+    config = json.loads(open(f"{folder}/config.json").read())
+    config["quantization_config"] = quantization
+    with open(f"{folder}/config.json", "w") as handle:
+        json.dump(config, handle)
+    save_file(state, f"{folder}/model.safetensors", metadata={"format": "pt"})
+    return oracle

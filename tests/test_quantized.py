@@ -14,7 +14,7 @@ from oracle import assert_matches
 from prunescope.pipeline import ScanOptions, analyse_path
 from prunescope.schema import structure_from_dict, structure_to_dict
 from prunescope.tensors import CheckpointError
-from quantized_builders import pruned_llama, save_compressed_tensors
+from quantized_builders import pruned_llama, save_bitsandbytes, save_compressed_tensors, save_packed
 
 pytest.importorskip("compressed_tensors")
 
@@ -90,4 +90,46 @@ def test_an_undecodable_format_is_one_line_naming_it(tmp_path):
     config["quantization_config"] = {"quant_method": "hqq"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"quantized checkpoint \(hqq\): prunescope cannot decode"):
+        analyse_path(str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_bitsandbytes_cpu_backend(tmp_path, kind):
+    pytest.importorskip("bitsandbytes")
+    model = pruned_llama()
+    dense = copy.deepcopy(model)
+    oracle = save_bitsandbytes(model, str(tmp_path / kind), kind)
+    data = analysed(tmp_path / kind)
+    assert_matches(data, dense)
+    quantization = data["quantization"]
+    assert (quantization["method"], quantization["format"]) == ("bitsandbytes", kind)
+    assert quantization["params_by_storage"][kind] == sum(
+        module.weight.numel() for name, module in dense.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head")
+    assert_stored_nonzeros(analysed(tmp_path / kind, sparsity=True), oracle)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("gptq", {}), ("gptq", {"act_order": True}), ("gptq", {"symmetric": True}), ("awq", {})])
+def test_gptq_and_awq_packing(tmp_path, method, options):
+    model = pruned_llama()
+    zero_layer_(model, 2)
+    oracle = save_packed(model, str(tmp_path), method, **options)
+    data = analysed(tmp_path)
+    assert_matches(data, model)
+    quantization = data["quantization"]
+    assert quantization["format"] == ("gptq v1" if method == "gptq" else "awq gemm")
+    assert quantization["bits"] == 4 and quantization["group_size"] == 32
+    assert quantization["unquantized_modules"] == ["lm_head", "model.embed_tokens"]
+    scanned = analysed(tmp_path, sparsity=True)
+    assert_stored_nonzeros(scanned, oracle)
+    assert scanned["layers"][0]["nm_sparsity"] == "2:4"  # packing order (and act-order) undone
+
+
+def test_qweight_without_a_config_is_one_line(tmp_path):
+    save_packed(pruned_llama(), str(tmp_path), "awq")
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["quantization_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="GPTQ and AWQ pack them differently"):
         analyse_path(str(tmp_path))

@@ -181,9 +181,9 @@ def storage_label(item: Encoded) -> str:
 def unquantized_matrices(by_name: dict[str, TensorInfo], encoded: dict[str, Encoded], overhead: set[str]) -> tuple[str, ...]:
     """Modules whose matrices are stored as plain values although the model is quantized."""
     data_names = {item.data.name for item in encoded.values()}
-    return tuple(name.rsplit(".", 1)[0] for name, tensor in by_name.items()
-                 if name.endswith(".weight") and len(tensor.shape) >= 2 and name not in encoded
-                 and name not in data_names and name not in overhead)
+    return tuple(sorted(name.rsplit(".", 1)[0] for name, tensor in by_name.items()
+                        if name.endswith(".weight") and len(tensor.shape) >= 2 and name not in encoded
+                        and name not in data_names and name not in overhead))
 
 
 def logical(tensor: TensorInfo, name: str, shape, dtype: str) -> TensorInfo:
