@@ -133,3 +133,51 @@ def test_qweight_without_a_config_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="GPTQ and AWQ pack them differently"):
         analyse_path(str(tmp_path))
+
+
+LEGACY_COMPRESSED_TENSORS = "compressed-tensors==0.14.0.1"  # the last version with the sparse compressors
+
+
+@pytest.fixture(scope="session")
+def legacy_compressed_tensors(pytestconfig) -> str:
+    """compressed-tensors 0.14 (pure Python) in a folder of its own, for a subprocess: the sparse
+    compressors were removed in 0.15, and the current version stays installed for everything else."""
+    import os
+    import subprocess
+    import sys
+
+    folder = str(pytestconfig.cache.mkdir("compressed-tensors-0.14"))
+    if not os.path.isdir(os.path.join(folder, "compressed_tensors")):
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", folder,
+                                 LEGACY_COMPRESSED_TENSORS], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot install {LEGACY_COMPRESSED_TENSORS}: {result.stderr.strip()[-300:]}")
+    return folder
+
+
+@pytest.mark.parametrize("kind, storage, sparsity", [("sparse-bitmask", "BF16 bitmask", "sparse-bitmask"),
+                                                     ("sparse-24-fp8", "F8_E4M3 2:4", "sparse-24-bitmask"),
+                                                     ("w4a16-actorder", "int4", None)])
+def test_compressed_tensors_sparse_and_act_order_formats(tmp_path, legacy_compressed_tensors, kind, storage, sparsity):
+    import os
+    import subprocess
+    import sys
+
+    model = pruned_llama(structural=False)  # transformers cannot load pruned shapes back in the subprocess
+    model.save_pretrained(tmp_path / "dense")
+    tests = os.path.dirname(__file__)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([legacy_compressed_tensors, tests])}
+    subprocess.run([sys.executable, os.path.join(tests, "write_legacy_compressed_tensors.py"), str(tmp_path / "dense"),
+                    str(tmp_path / kind), kind], check=True, env=environment, capture_output=True)
+    oracle = json.loads((tmp_path / kind / "oracle.json").read_text())
+    (tmp_path / kind / "oracle.json").unlink()
+    data = analysed(tmp_path / kind)
+    assert_matches(data, model)
+    quantization = data["quantization"]
+    assert quantization["config_version"] == "0.14.0.1"
+    assert set(quantization["params_by_storage"]) == {"BF16", storage}
+    assert quantization["sparsity_format"] == sparsity
+    assert quantization["act_order"] == ("group" if kind == "w4a16-actorder" else None)
+    scanned = analysed(tmp_path / kind, sparsity=True)
+    assert_stored_nonzeros(scanned, oracle)
+    assert scanned["nm_sparsity"] is None or scanned["layers"][0]["nm_sparsity"] == "2:4"
