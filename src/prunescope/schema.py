@@ -203,6 +203,8 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                            "removed_original_layers": list(matching.removed_original_layers)},
         "warnings": list(comparison.warnings),
     }
+    if comparison.stored_bytes is not None:
+        data["stored_bytes"] = _change(comparison.stored_bytes)
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):
