@@ -181,3 +181,34 @@ def test_compressed_tensors_sparse_and_act_order_formats(tmp_path, legacy_compre
     scanned = analysed(tmp_path / kind, sparsity=True)
     assert_stored_nonzeros(scanned, oracle)
     assert scanned["nm_sparsity"] is None or scanned["layers"][0]["nm_sparsity"] == "2:4"
+
+
+def test_batch_comparison_and_report_show_format_bits_and_stored_bytes(tmp_path):
+    """A W4A16 model against its dense base: the parameters match, the stored bytes shrink, and the
+    batch table, the records and the report say which format at how many bits per parameter."""
+    import io
+
+    from prunescope.batch import run_batch
+    from prunescope.report.command import run_report
+
+    model = pruned_llama()
+    model.save_pretrained(tmp_path / "base")
+    save_compressed_tensors(pruned_llama(), str(tmp_path / "models" / "w4a16"), "w4a16")
+    out = io.StringIO()
+    assert run_batch(str(tmp_path / "models"), str(tmp_path / "base"), str(tmp_path / "out"), merge=True, out=out) == 0
+    analysis = tmp_path / "models" / "w4a16" / "analysis"
+    structure = json.loads((analysis / "model_structure.json").read_text())
+    comparison = json.loads((analysis / "model_comparison.json").read_text())
+    base_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    assert comparison["total_params"]["reduction_ratio"] == 0.0
+    assert comparison["stored_bytes"]["original"] == base_bytes
+    assert comparison["stored_bytes"]["pruned"] == structure["quantization"]["storage_bytes"] < base_bytes / 2
+    bits = structure["quantization"]["bits_per_param"]
+    assert f"pack-quantized {bits:.2f} bits/param" in out.getvalue()
+    assert "stored bytes:" in (analysis / "structure_summary.txt").read_text()
+    batch = json.loads((tmp_path / "out" / "batch_analysis_results.json").read_text())
+    record = next(model for model in batch["models"] if model["name"] == "w4a16")
+    assert record["quantization"] == {"format": "pack-quantized", "bits_per_param": bits}
+    assert run_report(str(tmp_path / "out"), str(tmp_path / "models"), out=io.StringIO()) == 0
+    table = next((tmp_path / "out" / "tables").glob("*.md")).read_text()
+    assert "| Format | Bits/param |" in table and f"| pack-quantized | {bits:.2f} |" in table

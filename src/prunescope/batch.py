@@ -205,7 +205,7 @@ def _batch_record(result: ModelResult) -> dict:
         "total_params": structure.total_params,
         "num_layers": structure.num_layers,
         "reduction_ratio": result.comparison.total_params.reduction_ratio if result.comparison else None,
-        **({"quantization": {"format": quantization_label(structure.quantization),
+        **({"quantization": {"format": encoding_name(structure.quantization.method, structure.quantization.format),
                              "bits_per_param": structure.quantization.bits_per_param}} if structure.quantization else {}),
         "config_mismatches": len(structure.config_mismatches),
         "security_findings": [finding.line() for finding in result.analysis.findings],
