@@ -130,8 +130,8 @@ def _method(quant_config: dict, names: set[str], index: TensorIndex) -> str | No
     if any(name.endswith(".weight_scale_inv") for name in names):
         return "fp8"
     if any(name.endswith(".qweight") for name in names):
-        raise CheckpointError(index.files[0], "packed `qweight` tensors without a quantization config: GPTQ and AWQ "
-                                              "pack them differently", "put the model's config.json (or "
+        raise CheckpointError(index.files[0], "quantized checkpoint: packed `qweight` tensors without a quantization "
+                                              "config, and GPTQ and AWQ pack them differently", "put the model's config.json (or "
                                                                        "quantize_config.json) beside the weights")
     return None
 
