@@ -212,3 +212,41 @@ def test_batch_comparison_and_report_show_format_bits_and_stored_bytes(tmp_path)
     assert run_report(str(tmp_path / "out"), str(tmp_path / "models"), out=io.StringIO()) == 0
     table = next((tmp_path / "out" / "tables").glob("*.md")).read_text()
     assert "| Format | Bits/param |" in table and f"| pack-quantized | {bits:.2f} |" in table
+
+
+@pytest.mark.parametrize("kind", ["w4a16", "w4a16-asym", "w4a16-channel"])
+def test_packed_int4_word_counts_equal_the_unpacked_mask(tmp_path, kind):
+    """The packed-word fast path of the int4 scan counts exactly what the unpacked nonzero mask gives:
+    nonzeros, N:M groups (in total and per row), zero rows and columns, on unstructured sparsity with
+    rows and columns zeroed in place."""
+    import numpy as np
+
+    from prunescope.measure.scan import contents_of_blocks, count_rows
+    from prunescope.measure.scan_quantized import _count_packed_nibbles, _packed_nibbles, nonzero_mask
+    from prunescope.quantized import decode_quantization
+    from prunescope.readers import read_tensor_index
+
+    model = pruned_llama(two_four=False)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in name:
+                weight = module.weight
+                weight.mul_(torch.rand(weight.shape) > 0.6)  # unstructured: some groups break 2:4, some 4:8
+                weight[3].zero_()
+                weight[:, 8:16].zero_()
+    save_compressed_tensors(model, str(tmp_path), kind)
+    config = json.loads((tmp_path / "config.json").read_text())
+    index = decode_quantization(read_tensor_index([str(tmp_path / "model.safetensors")]), config)
+    items = list(index.encoded.values())
+    assert items and all(_packed_nibbles(item) for item in items)
+    for item in items:
+        for per_row in (False, True):
+            fast = contents_of_blocks(item.logical, _count_packed_nibbles(item, per_row))
+            mask = count_rows(item.logical, nonzero_mask(item), per_row)
+            assert (fast.nonzero, fast.nm_groups) == (mask.nonzero, mask.nm_groups), item.logical.name
+            assert np.array_equal(fast.row_nonzero, mask.row_nonzero)
+            assert np.array_equal(fast.column_nonzero, mask.column_nonzero)
+            assert fast.row_compliant.keys() == mask.row_compliant.keys()
+            for pattern in mask.row_compliant:
+                assert np.array_equal(fast.row_compliant[pattern], mask.row_compliant[pattern])
+        assert 0 < mask.nm_groups["2:4"][0] < mask.nm_groups["2:4"][1] and mask.zero_rows >= 1
