@@ -250,3 +250,53 @@ def test_packed_int4_word_counts_equal_the_unpacked_mask(tmp_path, kind):
             for pattern in mask.row_compliant:
                 assert np.array_equal(fast.row_compliant[pattern], mask.row_compliant[pattern])
         assert 0 < mask.nm_groups["2:4"][0] < mask.nm_groups["2:4"][1] and mask.zero_rows >= 1
+
+
+def test_old_compression_config_key_and_a_corrupt_logical_shape(tmp_path):
+    """compressed-tensors <= 0.6 wrote the same content under `compression_config`; a weight_shape that
+    does not fit its packed weight is one line, never a guessed count."""
+    from safetensors.torch import load_file, save_file
+
+    model = pruned_llama()
+    dense = copy.deepcopy(model)
+    save_compressed_tensors(model, str(tmp_path), "w4a16")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["compression_config"] = config.pop("quantization_config")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert_matches(analysed(tmp_path), dense)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["model.layers.0.mlp.down_proj.weight_shape"] = torch.tensor([64, 999])
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="down_proj.weight_packed: .*int32 words per row of 999 values"):
+        analyse_path(str(tmp_path))
+
+
+def test_native_fp8_with_block_scales(tmp_path):
+    """DeepSeek-V3-style FP8 (`weight_scale_inv` per 128x128 block), written in its documented layout
+    with torch's float8_e4m3fn (no library writes it on a CPU): the counts are the dense model's, the
+    stored nonzeros are torch's own count of the fp8 values."""
+    from safetensors.torch import save_file
+
+    model = pruned_llama()
+    state, oracle = {}, {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(".weight") and ".layers." in name and tensor.dim() == 2:
+            codes = tensor.float().to(torch.float8_e4m3fn)
+            state[name] = codes
+            blocks = (-(-tensor.shape[0] // 128), -(-tensor.shape[1] // 128))
+            state[name + "_scale_inv"] = torch.ones(blocks, dtype=torch.float32)
+            oracle[name] = int((codes.float() != 0).sum())
+        else:
+            state[name] = tensor.contiguous()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    config = model.config.to_dict()
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [128, 128]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    data = analysed(tmp_path)
+    assert_matches(data, model)
+    assert data["quantization"]["format"] == "fp8 e4m3 blocks [128, 128]"
+    assert data["quantization"]["params_by_storage"]["F8_E4M3"] == sum(
+        module.weight.numel() for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head")
+    assert_stored_nonzeros(analysed(tmp_path, sparsity=True), oracle)

@@ -25,6 +25,7 @@ class Record:
         cls._fields = tuple(fields)
         cls._field_set = frozenset(fields)
         cls._defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
+        cls._required = frozenset(name for name in fields if name not in cls._defaults)
 
     def __init__(self, *args, **kwargs):
         # Records are made by the thousand (a tensor index of a quantized 8B model holds ~700): the
@@ -33,17 +34,18 @@ class Record:
         if args:
             if len(args) > len(fields):
                 raise TypeError(f"{type(self).__name__} takes {len(fields)} fields, got {len(args)}")
-            repeated = kwargs.keys() & set(fields[:len(args)])
-            if repeated:
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {repeated.pop()!r}")
-            kwargs.update(zip(fields, args))
+            positional = dict(zip(fields, args))
+            if kwargs and not kwargs.keys().isdisjoint(positional):
+                repeated = next(name for name in kwargs if name in positional)
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {repeated!r}")
+            kwargs.update(positional)
         if not self._field_set.issuperset(kwargs):
             unexpected = next(name for name in kwargs if name not in self._field_set)
             raise TypeError(f"{type(self).__name__}: unexpected or repeated field {unexpected!r}")
         if len(kwargs) < len(fields):
-            missing = [name for name in fields if name not in kwargs and name not in self._defaults]
-            if missing:
-                raise TypeError(f"{type(self).__name__}: missing field {missing[0]!r}")
+            if not kwargs.keys() >= self._required:
+                missing = next(name for name in fields if name not in kwargs and name in self._required)
+                raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
             kwargs = {**self._defaults, **kwargs}
         self.__dict__.update(kwargs)
 

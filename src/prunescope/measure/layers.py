@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from ..interpret.structure import ModelStructure
+from ..quantized import BITMASK, BITMASK_24, BNB4, PACKED_ROWS, PLAIN, Encoded
 from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
@@ -43,15 +44,25 @@ def _encodes_zeros(item, files: "_Files", first_page: bytes) -> bool:
     """Whether a quantized weight encodes only zeros. Values stored as themselves (fp8, int8, the
     bitmask formats' values) are tested like any tensor; codes whose zero is one constant byte are
     decided on the first page; the rest, and pages that may be all zeros, are decoded (numpy)."""
-    from .scan_quantized import is_all_zero, zero_byte
-    from ..quantized import BITMASK, BITMASK_24, PLAIN
-
     if item.scheme in (PLAIN, BITMASK, BITMASK_24):
         return _is_all_zero(item.data, files, first_page)
-    constant = zero_byte(item)
+    constant = _zero_byte(item)
     if constant is not None and first_page.count(constant) != len(first_page):
         return False
+    from .scan_quantized import is_all_zero
+
     return is_all_zero(item)
+
+
+def _zero_byte(item: Encoded) -> int | None:
+    """The byte a run of zero values is stored as, where that is one constant (symmetric packing,
+    NF4), so the zero-layer test can decide on raw bytes; None where zero points vary."""
+    if item.scheme == PACKED_ROWS and item.symmetric:
+        middle = 1 << (item.bits - 1)
+        return {4: middle * 0x11, 8: middle, 2: middle * 0x55}.get(item.bits)
+    if item.scheme == BNB4 and len(item.parts["zero_codes"]) == 1:
+        return item.parts["zero_codes"][0] * 0x11
+    return None
 
 
 def _local_name(tensor: TensorInfo) -> str:

@@ -21,17 +21,6 @@ NUMPY_TYPES = {"I32": "<u4", "U8": "u1", "I8": "i1", "I64": "<i8", "F8_E4M3": "u
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble k of an AWQ word holds output column 8c + AWQ_ORDER[k]
 
 
-def zero_byte(item: Encoded) -> int | None:
-    """The byte a run of zero values is stored as, where that is one constant (symmetric packing,
-    NF4), so the zero-layer test can decide on raw bytes; None where zero points vary."""
-    if item.scheme == PACKED_ROWS and item.symmetric:
-        middle = 1 << (item.bits - 1)
-        return {4: middle * 0x11, 8: middle, 2: middle * 0x55}.get(item.bits)
-    if item.scheme == BNB4 and len(item.parts["zero_codes"]) == 1:
-        return item.parts["zero_codes"][0] * 0x11
-    return None
-
-
 def scan_encoded(items: list[Encoded], workers: int | None = None, progress=None, per_row_groups=frozenset()) -> dict:
     """TensorContents of every encoded weight, keyed by its logical name, on all cores."""
     from concurrent.futures import ThreadPoolExecutor

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 from ..records import Record
 from ..tensors import DTYPE_SIZES, CheckpointError, TensorIndex, TensorInfo
@@ -74,8 +75,7 @@ def decode_quantization(index: TensorIndex, config: dict | None) -> TensorIndex:
     or the index unchanged when nothing is quantized. Raises CheckpointError, one line naming the
     format, for encodings prunescope cannot decode."""
     quant_config, source = _quantization_config(index, config or {})
-    names = {tensor.name for tensor in index.tensors}
-    method = _method(quant_config, names, index)
+    method = _method(quant_config, index)
     if method is None:
         return index
     if method == "compressed-tensors":
@@ -118,11 +118,12 @@ def _quantization_config(index: TensorIndex, config: dict) -> tuple[dict, str]:
     return {}, ""
 
 
-def _method(quant_config: dict, names: set[str], index: TensorIndex) -> str | None:
+def _method(quant_config: dict, index: TensorIndex) -> str | None:
     method = quant_config.get("quant_method")
     if isinstance(method, str) and method:
         method = method.lower()
         return {"compressed_tensors": "compressed-tensors", "bnb": "bitsandbytes"}.get(method, method)
+    names = [tensor.name for tensor in index.tensors]
     if any(name.endswith((".weight_packed", ".weight_shape")) or name.endswith(".bitmask") for name in names):
         return "compressed-tensors"
     if any(".quant_state.bitsandbytes__" in name or name.endswith(".SCB") for name in names):
@@ -140,30 +141,36 @@ def _logical_index(index: TensorIndex, encoded: dict[str, Encoded], overhead: se
                    quantization: Quantization) -> TensorIndex:
     """Each encoded weight takes its codes' place; the decoding tensors leave the parameter list."""
     by_data = {item.data.name: item for item in encoded.values()}
-    stored = [tensor for tensor in index.tensors if tensor.alias_of is None]
     tensors = []
-    for tensor in index.tensors:
-        if tensor.name in by_data:
-            tensors.append(by_data[tensor.name].logical)
-        elif tensor.name not in overhead:
-            tensors.append(tensor)
     by_dtype: dict[str, int] = {}
-    for tensor in stored:
-        by_dtype[tensor.dtype] = by_dtype.get(tensor.dtype, 0) + tensor.numel * tensor.itemsize
-    overhead_tensors = [tensor for tensor in stored if tensor.name in overhead]
     by_storage: dict[str, int] = {}
-    for tensor in tensors:
-        if tensor.alias_of is None and tensor.is_parameter is not False:
-            item = encoded.get(tensor.name)
-            kind = storage_label(item) if item is not None else tensor.dtype
-            by_storage[kind] = by_storage.get(kind, 0) + tensor.numel
+    overhead_elements = overhead_bytes = 0
+    for tensor in index.tensors:
+        if tensor.alias_of is not None:
+            tensors.append(tensor)
+            continue
+        numel = tensor.numel
+        size = numel * DTYPE_SIZES[tensor.dtype]
+        by_dtype[tensor.dtype] = by_dtype.get(tensor.dtype, 0) + size
+        item = by_data.get(tensor.name)
+        if tensor.name in overhead:
+            overhead_elements += numel
+            overhead_bytes += size
+        elif item is not None:
+            tensors.append(item.logical)
+            kind = storage_label(item)
+            by_storage[kind] = by_storage.get(kind, 0) + item.logical.numel
+        else:
+            tensors.append(tensor)
+            if tensor.is_parameter is not False:
+                by_storage[tensor.dtype] = by_storage.get(tensor.dtype, 0) + numel
     quantization = quantization.replace(
         quantized_params=sum(item.logical.numel for item in encoded.values()),
         params_by_storage=by_storage,
         storage_bytes=sum(by_dtype.values()),
         storage_bytes_by_dtype=by_dtype,
-        overhead_elements=sum(tensor.numel for tensor in overhead_tensors),
-        overhead_bytes=sum(tensor.numel * tensor.itemsize for tensor in overhead_tensors))
+        overhead_elements=overhead_elements,
+        overhead_bytes=overhead_bytes)
     return index.replace(tensors=tuple(tensors), encoded=encoded, quantization=quantization)
 
 
@@ -188,8 +195,8 @@ def unquantized_matrices(by_name: dict[str, TensorInfo], encoded: dict[str, Enco
 
 def logical(tensor: TensorInfo, name: str, shape, dtype: str) -> TensorInfo:
     """The dense weight a stored tensor encodes: logical name, shape and dtype; its location stays the codes'."""
-    return TensorInfo(name=name, dtype=dtype, shape=tuple(int(size) for size in shape), file=tensor.file,
-                      offset=tensor.offset, is_parameter=True)
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=tensor.file, offset=tensor.offset,
+                      is_parameter=True)
 
 
 def model_dtype(config: dict, fallback: str) -> str:
@@ -197,6 +204,9 @@ def model_dtype(config: dict, fallback: str) -> str:
     names = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "half": "F16", "float": "F32"}
     value = config.get("torch_dtype") or config.get("dtype")
     return names.get(str(value).replace("torch.", ""), fallback)
+
+
+INTEGER_CODES = {"I64": "q", "I32": "i", "U8": "B", "I16": "h", "U16": "H", "U32": "I", "U64": "Q", "I8": "b"}
 
 
 class SmallReads:
@@ -225,17 +235,13 @@ class SmallReads:
 
     def integers(self, tensor: TensorInfo) -> list[int]:
         """An integer tensor's values (I64/I32), e.g. a logical shape."""
-        import struct
-
-        codes = {"I64": "q", "I32": "i", "U8": "B", "I16": "h", "U16": "H", "U32": "I", "U64": "Q", "I8": "b"}
-        if tensor.dtype not in codes:
+        code = INTEGER_CODES.get(tensor.dtype)
+        if code is None:
             raise CheckpointError(tensor.file, f"{tensor.name}: {tensor.dtype} where integers were expected",
                                   "the file is corrupt or not what its names say")
-        return list(struct.unpack(f"<{tensor.numel}{codes[tensor.dtype]}", self.data(tensor)))
+        return list(struct.unpack(f"<{tensor.numel}{code}", self.data(tensor)))
 
     def floats(self, tensor: TensorInfo) -> list[float]:
-        import struct
-
         if tensor.dtype != "F32":
             raise CheckpointError(tensor.file, f"{tensor.name}: {tensor.dtype} where float32 was expected",
                                   "the file is corrupt or not what its names say")

@@ -15,10 +15,10 @@ from . import (BITMASK, BITMASK_24, INT_ZERO_POINT, PACKED_ROWS, PLAIN, Encoded,
 DECODED_FORMATS = {"pack-quantized", "int-quantized", "float-quantized", "naive-quantized", "dense",
                    "sparse-bitmask", "sparse-24-bitmask", "mixed-precision"}
 # Tensors beside a module's weight that describe its encoding (or its activations'): never parameters.
-ENCODING_SUFFIXES = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight_global_scale",
+ENCODING_SUFFIXES = frozenset(("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight_global_scale",
                      "input_scale", "input_zero_point", "input_global_scale", "output_scale", "output_zero_point",
                      "k_scale", "v_scale", "q_scale", "k_zero_point", "v_zero_point", "shape", "bitmask",
-                     "row_offsets")
+                     "row_offsets"))
 PACKED_BITS = (4, 8, 2)  # bit widths whose packing every compressed-tensors version writes alike
 
 
@@ -33,9 +33,12 @@ def decode(by_name: dict[str, TensorInfo], quant_config: dict, config: dict, rea
         raise CheckpointError(first.file, f"compressed-tensors format {', '.join(unknown)}: prunescope cannot "
                                           "decode it", "supported: " + ", ".join(sorted(DECODED_FORMATS)))
     encoded: dict[str, Encoded] = {}
-    overhead = {name for name in by_name if name.rsplit(".", 1)[-1] in ENCODING_SUFFIXES}
+    overhead = set()
     for name, tensor in by_name.items():
         module, _, suffix = name.rpartition(".")
+        if suffix in ENCODING_SUFFIXES:
+            overhead.add(name)
+            continue
         if suffix == "weight_packed":
             item = _packed(module, tensor, by_name, groups, config, reads)
         elif suffix == "compressed" and f"{module}.bitmask" in by_name:
@@ -74,8 +77,10 @@ def _packed(module: str, tensor: TensorInfo, by_name, groups, config, reads) -> 
     if len(shape) != 2 or shape[0] != tensor.shape[0]:
         raise bad(tensor, f"weight_shape {shape} does not fit packed shape {list(tensor.shape)}")
     columns = shape[1]
-    bits = next((b for b in PACKED_BITS if -(-columns * b // 32) == tensor.shape[1]), None)
-    if bits is None:
+    for bits in PACKED_BITS:
+        if -(-columns * bits // 32) == tensor.shape[1]:
+            break
+    else:
         raise bad(tensor, f"{tensor.shape[1]} int32 words per row of {columns} values: a bit width whose packing "
                           "differs between compressed-tensors versions (only 2, 4 and 8 bits are decoded)")
     groups_per_row = scale.shape[1] if len(scale.shape) == 2 else 1
