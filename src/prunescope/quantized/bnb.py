@@ -32,7 +32,7 @@ def decode(by_name: dict[str, TensorInfo], quant_config: dict, config: dict, rea
             numel = 1
             for size in shape:
                 numel *= size
-            if weight.dtype != "U8" or weight.numel != -(-numel // 2):
+            if weight.dtype != "U8" or weight.numel != -(-numel // 2) or min(shape, default=0) <= 0:
                 raise bad(weight, f"{weight.numel} bytes of 4-bit codes for shape {shape}")
             quant_map = by_name.get(f"{weight_name}.quant_map")
             if quant_map is None or quant_map.numel != 16:
