@@ -135,6 +135,22 @@ def test_qweight_without_a_config_is_one_line(tmp_path):
         analyse_path(str(tmp_path))
 
 
+def test_autogptq_quantize_config_json_beside_the_weights(tmp_path):
+    """Old AutoGPTQ checkpoints: config.json without quantization_config, quantize_config.json beside it."""
+    model = pruned_llama()
+    oracle = save_packed(model, str(tmp_path), "gptq", act_order=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    quantization = config.pop("quantization_config")
+    del quantization["checkpoint_format"], quantization["quant_method"]  # AutoGPTQ wrote neither
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "quantize_config.json").write_text(json.dumps(quantization))
+    data = analysed(tmp_path)
+    assert_matches(data, model)
+    assert data["quantization"]["format"] == "gptq v1"
+    assert "quantization config from quantize_config.json" in data["quantization"]["notes"]
+    assert_stored_nonzeros(analysed(tmp_path, sparsity=True), oracle)
+
+
 LEGACY_COMPRESSED_TENSORS = "compressed-tensors==0.14.0.1"  # the last version with the sparse compressors
 
 

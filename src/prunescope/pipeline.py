@@ -71,6 +71,10 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
             except CheckpointError:
                 pass  # reading the checkpoint will say what is wrong with its index
     paths += [path for path in (checkpoint.config_file, checkpoint.slicing_config) if path]
+    # AutoGPTQ checkpoints keep their quantization config beside the weights (prunescope.quantized).
+    beside = os.path.join(os.path.dirname(paths[0]), "quantize_config.json") if paths else ""
+    if beside and os.path.isfile(beside):
+        paths.append(beside)
     files = []
     for path in paths:
         try:
