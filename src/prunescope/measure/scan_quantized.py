@@ -84,7 +84,7 @@ def _count_packed_nibbles(item: Encoded, per_row_groups: bool):
     words = _array(item.data)  # [out, in / 8] uint32: value 8w + k at bits 4k..4k+3 of word w
     zero_words = None
     if not item.symmetric:
-        zero_points = _unpack(_array(item.parts["zero_point"]).T, 4)[:, :out_features].T  # [out, groups]
+        zero_points = _row_zero_points(item)
         zero_words = zero_points.astype(np.uint32) * np.uint32(0x11111111)
         zero_words = np.repeat(zero_words, (item.group_size or in_features) // 8, axis=1)
     step = max(1, CHUNK_BYTES // max(1, 4 * words.shape[1]))
@@ -169,6 +169,17 @@ def _per_column(zero_points, columns: int, group_size: int | None, g_idx):
     return np.repeat(zero_points, group_size, axis=1)[:, :columns]
 
 
+def _row_zero_points(item: Encoded):
+    """compressed-tensors' zero points, packed along the output dimension, as [out, groups] codes."""
+    out_features = item.logical.shape[0]
+    stored = item.parts["zero_point"]
+    groups = item.parts["scale"].shape[1] if len(item.parts["scale"].shape) == 2 else 1
+    if item.parts["scale"].shape[0] != out_features or len(stored.shape) != 2 or stored.shape[1] != groups:
+        raise CheckpointError(stored.file, f"{stored.name}: zero points {list(stored.shape)} per block, not per "
+                                           "row and group", "the content scan decodes group and channel zero points")
+    return _unpack(_array(stored).T, item.bits)[:, :out_features].T
+
+
 def _g_idx(item: Encoded):
     import numpy as np
 
@@ -194,7 +205,7 @@ def _packed_rows(item: Encoded, rows: int | None):
     codes = _unpack(_array(item.data, rows), item.bits)[:, :in_features]
     if item.symmetric:
         return codes != np.uint8(1 << (item.bits - 1))
-    zero_points = _unpack(_array(item.parts["zero_point"]).T, item.bits)[:, :out_features].T  # [out, groups]
+    zero_points = _row_zero_points(item)
     zero_points = zero_points[:codes.shape[0]]
     return codes != _per_column(zero_points, in_features, item.group_size, _g_idx(item))
 
