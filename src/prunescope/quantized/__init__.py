@@ -206,6 +206,7 @@ def model_dtype(config: dict, fallback: str) -> str:
     return names.get(str(value).replace("torch.", ""), fallback)
 
 
+PREAD = hasattr(os, "pread")
 INTEGER_CODES = {"I64": "q", "I32": "i", "U8": "B", "I16": "h", "U16": "H", "U32": "I", "U64": "Q", "I8": "b"}
 
 
@@ -218,7 +219,7 @@ class SmallReads:
         self._fds: dict[str, int] = {}
 
     def data(self, tensor: TensorInfo) -> bytes:
-        size = tensor.numel * DTYPE_SIZES[tensor.dtype]
+        size = tensor.numel * tensor.itemsize
         if tensor.stride is not None or size > self.LIMIT:
             raise CheckpointError(tensor.file, f"{tensor.name}: {size} bytes where a few were expected",
                                   "the file is corrupt or not what its names say")
@@ -228,7 +229,7 @@ class SmallReads:
                 fd = self._fds[tensor.file] = os.open(tensor.file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             except OSError as error:
                 raise CheckpointError(tensor.file, f"cannot read: {error.strerror or error}", "check permissions") from None
-        data = os.pread(fd, size, tensor.offset) if hasattr(os, "pread") else _seek_read(fd, size, tensor.offset)
+        data = os.pread(fd, size, tensor.offset) if PREAD else _seek_read(fd, size, tensor.offset)
         if len(data) != size:
             raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read", "re-save or re-download it")
         return data

@@ -69,8 +69,9 @@ def decode(by_name: dict[str, TensorInfo], quant_config: dict, config: dict, rea
 
 
 def _packed(module: str, tensor: TensorInfo, by_name, groups, config, reads) -> Encoded:
-    shape_tensor = by_name.get(f"{module}.weight_shape")
-    scale = by_name.get(f"{module}.weight_scale")
+    prefix = module + "."
+    shape_tensor = by_name.get(prefix + "weight_shape")
+    scale = by_name.get(prefix + "weight_scale")
     if shape_tensor is None or scale is None or tensor.dtype != "I32" or len(tensor.shape) != 2:
         raise bad(tensor, "a packed weight without its weight_shape and weight_scale")
     shape = reads.integers(shape_tensor)
@@ -89,10 +90,10 @@ def _packed(module: str, tensor: TensorInfo, by_name, groups, config, reads) -> 
         raise bad(scale, f"{groups_per_row} scale groups for {columns} columns")
     parts = {"scale": scale, "shape": shape_tensor}
     for part, suffix in (("zero_point", "weight_zero_point"), ("g_idx", "weight_g_idx")):
-        if f"{module}.{suffix}" in by_name:
-            parts[part] = by_name[f"{module}.{suffix}"]
+        if prefix + suffix in by_name:
+            parts[part] = by_name[prefix + suffix]
     dtype = scale.dtype if scale.dtype in ("BF16", "F16", "F32") else model_dtype(config, "BF16")
-    return Encoded(logical(tensor, f"{module}.weight", shape, dtype), PACKED_ROWS, tensor, bits, parts, group_size)
+    return Encoded(logical(tensor, prefix + "weight", shape, dtype), PACKED_ROWS, tensor, bits, parts, group_size)
 
 
 def _bitmask(module: str, tensor: TensorInfo, by_name, reads) -> Encoded:
