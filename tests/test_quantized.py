@@ -155,14 +155,15 @@ LEGACY_COMPRESSED_TENSORS = "compressed-tensors==0.14.0.1"  # the last version w
 
 
 @pytest.fixture(scope="session")
-def legacy_compressed_tensors(pytestconfig) -> str:
+def legacy_compressed_tensors(pytestconfig, tmp_path_factory) -> str:
     """compressed-tensors 0.14 (pure Python) in a folder of its own, for a subprocess: the sparse
     compressors were removed in 0.15, and the current version stays installed for everything else."""
     import os
     import subprocess
     import sys
 
-    folder = str(pytestconfig.cache.mkdir("compressed-tensors-0.14"))
+    cache = getattr(pytestconfig, "cache", None)  # kept between runs, unless pytest runs without its cache
+    folder = str(cache.mkdir("compressed-tensors-0.14") if cache else tmp_path_factory.mktemp("compressed-tensors-0.14"))
     if not os.path.isdir(os.path.join(folder, "compressed_tensors")):
         result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", folder,
                                  LEGACY_COMPRESSED_TENSORS], capture_output=True, text=True)
