@@ -100,8 +100,8 @@ def save_bitsandbytes(model, folder: str, kind: str) -> dict[str, int]:
 
     dense = folder + "-dense"
     model.save_pretrained(dense)
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.bfloat16) if kind == "nf4" else \
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_use_double_quant=kind == "nf4",
+                                bnb_4bit_compute_dtype=torch.bfloat16) if kind in ("nf4", "fp4") else \
         BitsAndBytesConfig(load_in_8bit=True)
     quantized = AutoModelForCausalLM.from_pretrained(dense, quantization_config=config, device_map="cpu")
     quantized.save_pretrained(folder)
@@ -159,9 +159,9 @@ def _rtn(weight: torch.Tensor, group_of_column: torch.Tensor, groups: int, symme
 
 
 def save_packed(model, folder: str, method: str, act_order: bool = False, symmetric: bool = False,
-                group_size: int = 32) -> dict[str, int]:
-    """GPTQ (v1: zero points stored minus one; `g_idx`, permuted with act-order) or AWQ GEMM files of
-    `model`'s decoder linears. Returns nonzeros per weight of the dequantized codes."""
+                group_size: int = 32, version: int = 1) -> dict[str, int]:
+    """GPTQ (v1: zero points stored minus one, v2: as they are; `g_idx`, permuted with act-order) or AWQ
+    GEMM files of `model`'s decoder linears. Returns nonzeros per weight of the dequantized codes."""
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(1)
@@ -185,7 +185,7 @@ def save_packed(model, folder: str, method: str, act_order: bool = False, symmet
         if method == "gptq":
             state[f"{module}.qweight"] = _pack_rows(codes.T.contiguous().reshape(-1, 8, out_features)
                                                     .transpose(1, 2).reshape(-1, 8)).reshape(-1, out_features)
-            state[f"{module}.qzeros"] = _pack_rows((zeros - 1) & 15)
+            state[f"{module}.qzeros"] = _pack_rows((zeros - (1 if version == 1 else 0)) & 15)
             state[f"{module}.g_idx"] = group_of_column.to(torch.int32)
         else:
             state[f"{module}.qweight"] = _pack_rows(codes.T.contiguous(), AWQ_ORDER)
@@ -193,7 +193,8 @@ def save_packed(model, folder: str, method: str, act_order: bool = False, symmet
         state[f"{module}.scales"] = scales
     model.config.save_pretrained(folder)
     quantization = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "desc_act": act_order,
-                    "sym": symmetric, "checkpoint_format": "gptq", "pack_dtype": "int32"} if method == "gptq" else \
+                    "sym": symmetric, "checkpoint_format": "gptq" if version == 1 else "gptq_v2",
+                    "pack_dtype": "int32"} if method == "gptq" else \
         {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
     config = json.loads(open(f"{folder}/config.json").read())
     config["quantization_config"] = quantization

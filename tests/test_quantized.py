@@ -93,7 +93,7 @@ def test_an_undecodable_format_is_one_line_naming_it(tmp_path):
         analyse_path(str(tmp_path))
 
 
-@pytest.mark.parametrize("kind", ["nf4", "int8"])
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8"])
 def test_bitsandbytes_cpu_backend(tmp_path, kind):
     pytest.importorskip("bitsandbytes")
     model = pruned_llama()
@@ -110,7 +110,8 @@ def test_bitsandbytes_cpu_backend(tmp_path, kind):
 
 
 @pytest.mark.parametrize("method, options", [
-    ("gptq", {}), ("gptq", {"act_order": True}), ("gptq", {"symmetric": True}), ("awq", {})])
+    ("gptq", {}), ("gptq", {"act_order": True}), ("gptq", {"symmetric": True}), ("gptq", {"version": 2}),
+    ("awq", {})])
 def test_gptq_and_awq_packing(tmp_path, method, options):
     model = pruned_llama()
     zero_layer_(model, 2)
@@ -118,7 +119,7 @@ def test_gptq_and_awq_packing(tmp_path, method, options):
     data = analysed(tmp_path)
     assert_matches(data, model)
     quantization = data["quantization"]
-    assert quantization["format"] == ("gptq v1" if method == "gptq" else "awq gemm")
+    assert quantization["format"] == (f"gptq v{options.get('version', 1)}" if method == "gptq" else "awq gemm")
     assert quantization["bits"] == 4 and quantization["group_size"] == 32
     assert quantization["unquantized_modules"] == ["lm_head", "model.embed_tokens"]
     scanned = analysed(tmp_path, sparsity=True)
