@@ -120,7 +120,8 @@ def save_bitsandbytes(model, folder: str, kind: str) -> dict[str, int]:
 # -- GPTQ and AWQ: written following GPTQModel's and AutoAWQ's packing code ------------------------
 # Neither library installs here without replacing torch or transformers (shared/notes/quantized.md,
 # section 0), so these writers pack round-to-nearest codes exactly as GPTQModel 7.3.6
-# (`nn_modules/qlinear/__init__.py::pack`) and AutoAWQ 0.2.9 (`modules/linear/gemm.py::from_linear`)
+# (`nn_modules/qlinear/__init__.py::pack`) and AutoAWQ 0.2.9 (`modules/linear/gemm.py::from_linear`,
+# `modules/linear/gemv.py::from_linear`)
 # lay them out; the oracle is the dequantization of the integer codes before packing.
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -158,10 +159,17 @@ def _rtn(weight: torch.Tensor, group_of_column: torch.Tensor, groups: int, symme
     return codes, zeros, scales.to(torch.float16)
 
 
+def _gemv_zeros_width(groups: int, group_size: int) -> int:
+    """AutoAWQ's calculate_zeros_width: int32 words of zero points per row, rounded up for its kernel."""
+    multiple = {32: 4, 64: 2}.get(group_size, 1)
+    words = -(-groups // 8)
+    return -(-words // multiple) * multiple
+
+
 def save_packed(model, folder: str, method: str, act_order: bool = False, symmetric: bool = False,
                 group_size: int = 32, version: int = 1) -> dict[str, int]:
     """GPTQ (v1: zero points stored minus one, v2: as they are; `g_idx`, permuted with act-order) or AWQ
-    GEMM files of `model`'s decoder linears. Returns nonzeros per weight of the dequantized codes."""
+    GEMM / GEMV files of `model`'s decoder linears. Returns nonzeros per weight of the dequantized codes."""
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(1)
@@ -187,6 +195,16 @@ def save_packed(model, folder: str, method: str, act_order: bool = False, symmet
                                                     .transpose(1, 2).reshape(-1, 8)).reshape(-1, out_features)
             state[f"{module}.qzeros"] = _pack_rows((zeros - (1 if version == 1 else 0)) & 15)
             state[f"{module}.g_idx"] = group_of_column.to(torch.int32)
+        elif method == "awq-gemv":  # rows in order; zero points and scales per row, padded to the zeros width
+            width = _gemv_zeros_width(groups, group_size)
+            padded = torch.zeros(out_features, width * 8, dtype=torch.int64)
+            padded[:, :groups] = zeros.T
+            state[f"{module}.qweight"] = _pack_rows(codes)
+            state[f"{module}.qzeros"] = _pack_rows(padded)
+            padded_scales = torch.zeros(out_features, width * 8, dtype=torch.float16)
+            padded_scales[:, :groups] = scales.T
+            state[f"{module}.scales"] = padded_scales
+            continue
         else:
             state[f"{module}.qweight"] = _pack_rows(codes.T.contiguous(), AWQ_ORDER)
             state[f"{module}.qzeros"] = _pack_rows(zeros, AWQ_ORDER)
@@ -195,7 +213,8 @@ def save_packed(model, folder: str, method: str, act_order: bool = False, symmet
     quantization = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "desc_act": act_order,
                     "sym": symmetric, "checkpoint_format": "gptq" if version == 1 else "gptq_v2",
                     "pack_dtype": "int32"} if method == "gptq" else \
-        {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
+        {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
+         "version": "gemv" if method == "awq-gemv" else "gemm"}
     config = json.loads(open(f"{folder}/config.json").read())
     config["quantization_config"] = quantization
     with open(f"{folder}/config.json", "w") as handle:

@@ -111,7 +111,7 @@ def test_bitsandbytes_cpu_backend(tmp_path, kind):
 
 @pytest.mark.parametrize("method, options", [
     ("gptq", {}), ("gptq", {"act_order": True}), ("gptq", {"symmetric": True}), ("gptq", {"version": 2}),
-    ("awq", {})])
+    ("awq", {}), ("awq-gemv", {})])
 def test_gptq_and_awq_packing(tmp_path, method, options):
     model = pruned_llama()
     zero_layer_(model, 2)
@@ -119,7 +119,8 @@ def test_gptq_and_awq_packing(tmp_path, method, options):
     data = analysed(tmp_path)
     assert_matches(data, model)
     quantization = data["quantization"]
-    assert quantization["format"] == (f"gptq v{options.get('version', 1)}" if method == "gptq" else "awq gemm")
+    assert quantization["format"] == {"gptq": f"gptq v{options.get('version', 1)}", "awq": "awq gemm",
+                                      "awq-gemv": "awq gemv"}[method]
     assert quantization["bits"] == 4 and quantization["group_size"] == 32
     assert quantization["unquantized_modules"] == ["lm_head", "model.embed_tokens"]
     scanned = analysed(tmp_path, sparsity=True)

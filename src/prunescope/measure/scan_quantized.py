@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ..quantized import AWQ, BITMASK, BITMASK_24, BNB4, GPTQ, INT_ZERO_POINT, PACKED_ROWS, Encoded
+from ..quantized import AWQ, AWQ_GEMV, BITMASK, BITMASK_24, BNB4, GPTQ, INT_ZERO_POINT, PACKED_ROWS, Encoded
 from ..tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
 
 NUMPY_TYPES = {"I32": "<u4", "U8": "u1", "I8": "i1", "I64": "<i8", "F8_E4M3": "u1", "F8_E5M2": "u1",
@@ -49,7 +49,7 @@ def is_all_zero(item: Encoded) -> bool:
 def nonzero_mask(item: Encoded, first_rows: bool = False):
     """A bool array [out, in] (the dense weight's layout): True where the stored value is not zero.
     With `first_rows`, only a few stored rows are decoded (any layout; for a quick nonzero test)."""
-    decode = {PACKED_ROWS: _packed_rows, GPTQ: _gptq, AWQ: _awq, BNB4: _bnb4, BITMASK: _bitmask,
+    decode = {PACKED_ROWS: _packed_rows, GPTQ: _gptq, AWQ: _awq, AWQ_GEMV: _awq_gemv, BNB4: _bnb4, BITMASK: _bitmask,
               BITMASK_24: _bitmask_24, INT_ZERO_POINT: _int_zero_point}.get(item.scheme)
     if decode is None:
         raise CheckpointError(item.data.file, f"{item.logical.name}: no content scan for {item.scheme}", "")
@@ -248,6 +248,14 @@ def _awq(item: Encoded, rows: int | None):
     inverse = [AWQ_ORDER.index(column) for column in range(8)]  # packed position of each output column
     mask_t = mask_t.reshape(codes.shape[0], -1, 8)[:, :, inverse].reshape(codes.shape[0], out_features)
     return np.ascontiguousarray(mask_t.T)
+
+
+def _awq_gemv(item: Encoded, rows: int | None):
+    """AWQ GEMV: rows of the dense weight packed in order; each row's group zero points packed in order."""
+    out_features, in_features = item.logical.shape
+    codes = _unpack(_array(item.data, rows), 4)[:, :in_features]
+    zero_points = _unpack(_array(item.parts["zero_point"], rows), 4)[:, :in_features // item.group_size]
+    return codes != _per_column(zero_points, in_features, item.group_size, None)
 
 
 def _bnb4(item: Encoded, rows: int | None):

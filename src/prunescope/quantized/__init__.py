@@ -39,11 +39,12 @@ PLAIN = "plain"  # the codes are the weight in its logical layout (fp8, symmetri
 PACKED_ROWS = "packed-rows"  # compressed-tensors pack-quantized: int32 words along each row, LSB first
 GPTQ = "gptq"  # int32 words along the input dimension of W^T, zero points packed along outputs
 AWQ = "awq"  # int32 words along the outputs of W^T, AWQ's interleaved nibble order
+AWQ_GEMV = "awq-gemv"  # int32 words along each row (in order); zero points packed along each row's groups
 BNB4 = "bnb-4bit"  # flat 4-bit codes into a 16-entry table, first element in the high nibble
 BITMASK = "bitmask"  # compressed-tensors sparse-bitmask: nonzero values + a bitmask of nonzeros
 BITMASK_24 = "bitmask-2:4"  # compressed-tensors sparse-24-bitmask: 2 kept values of every 4 + a bitmask
 INT_ZERO_POINT = "int-zero-point"  # int8 codes with per-channel zero points (asymmetric int-quantized)
-SCHEMES = (PLAIN, PACKED_ROWS, GPTQ, AWQ, BNB4, BITMASK, BITMASK_24, INT_ZERO_POINT)
+SCHEMES = (PLAIN, PACKED_ROWS, GPTQ, AWQ, AWQ_GEMV, BNB4, BITMASK, BITMASK_24, INT_ZERO_POINT)
 
 
 class Quantization(Record):
