@@ -11,7 +11,7 @@ from . import __version__
 from .discover import ModelEntry, discover_models, examine
 from .locate import LocateError, Location, locate, names_remote_model, refuse_implicit_scan
 from .atomic import write_json
-from .console import format_table, human, reduction, value_range
+from .console import encoding_name, format_table, human, reduction, value_range
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -190,6 +190,8 @@ def _status_line(number: int, total: int, result: ModelResult) -> str:
         return f"{prefix} ⊘ {name}: skipped ({result.message})"
     structure = result.analysis.structure
     text = f"{prefix} ✓ {name}: {human(structure.total_params)} parameters, {structure.num_layers} layers"
+    if structure.quantization is not None:
+        text += f", {quantization_label(structure.quantization)}"
     if structure.contents is not None:
         text += f", sparsity {structure.contents.sparsity * 100:.1f}%"
         if structure.contents.nm_sparsity:
@@ -224,6 +226,8 @@ def _batch_record(result: ModelResult) -> dict:
         "total_params": structure.total_params,
         "num_layers": structure.num_layers,
         "reduction_ratio": result.comparison.total_params.reduction_ratio if result.comparison else None,
+        **({"quantization": {"format": encoding_name(structure.quantization.method, structure.quantization.format),
+                             "bits_per_param": structure.quantization.bits_per_param}} if structure.quantization else {}),
         "config_mismatches": len(structure.config_mismatches),
         "security_findings": [finding.line() for finding in result.analysis.findings],
         "notes": list(result.notes),
@@ -260,6 +264,9 @@ def merge_results(results: list[ModelResult], models_dir: str) -> dict:
             "embedding_params": structure["embedding_params"],
             "lm_head_params": structure["lm_head_params"],
             "pruning": pruning,
+            **({"quantization": {key: structure["quantization"].get(key) for key in
+                                 ("method", "format", "bits", "bits_per_param", "storage_bytes")}}
+               if structure.get("quantization") else {}),
         })
     return {"timestamp": timestamp(), "models_dir": models_dir, "models": models}
 
@@ -275,6 +282,8 @@ def closing_table(results: list[ModelResult]) -> str:
         structure = result.analysis.structure
         layers = structure.layers
         notes = [structure.slicing["summary"]] if structure.slicing else []
+        if structure.quantization is not None:
+            notes.append(quantization_label(structure.quantization))
         if structure.contents is not None and (structure.contents.sparsity >= 0.0005 or structure.contents.nm_sparsity):
             notes.append(f"sparsity {structure.contents.sparsity * 100:.1f}%"
                          + (f" {structure.contents.nm_sparsity}" if structure.contents.nm_sparsity else ""))
@@ -338,3 +347,11 @@ def _next_steps(models_dir: str, output_dir: str, merged: bool, results: list[Mo
                   f"   prunescope inspect {analysed[0].analysis.checkpoint.path}", ""]
     lines.append(RULE)
     return "\n".join(lines)
+
+
+def quantization_label(quantization) -> str:
+    """Short: "pack-quantized 4.61 bits/param"."""
+    text = encoding_name(quantization.method, quantization.format)
+    if quantization.bits_per_param is not None:
+        text += f" {quantization.bits_per_param:.2f} bits/param"
+    return text

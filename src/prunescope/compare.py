@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .interpret.structure import LayerStructure, ModelStructure
 from .records import Record
+from .tensors import DTYPE_SIZES
 
 ATTENTION_FIELDS = ("total", "q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "num_kv_heads")
 MLP_FIELDS = ("total", "gate_proj", "up_proj", "down_proj", "intermediate_size")
@@ -59,6 +60,8 @@ class Comparison(Record):
     layer_matching: LayerMatching
     nonzero_params: Change | None = None  # when both models' contents were scanned
     warnings: tuple[str, ...] = ()  # reasons to doubt that this base is the model's base
+    # Bytes of tensor data: what pruning and quantization save together (when either model is quantized).
+    stored_bytes: Change | None = None
 
 
 def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
@@ -76,7 +79,16 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
         nonzero_params=Change(base.contents.nonzero_params, pruned.contents.nonzero_params)
         if base.contents is not None and pruned.contents is not None else None,
         warnings=_doubts(base, pruned),
+        stored_bytes=Change(stored_bytes(base), stored_bytes(pruned))
+        if base.quantization is not None or pruned.quantization is not None else None,
     )
+
+
+def stored_bytes(structure: ModelStructure) -> int:
+    """Tensor data bytes in a quantized model's files; a dense model's parameter bytes."""
+    if structure.quantization is not None:
+        return structure.quantization.storage_bytes
+    return sum(count * DTYPE_SIZES.get(dtype, 0) for dtype, count in structure.dtypes.items())
 
 
 def _doubts(base: ModelStructure, pruned: ModelStructure) -> tuple[str, ...]:

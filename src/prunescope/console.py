@@ -109,6 +109,8 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
         f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
     ]
+    if structure.quantization is not None:
+        lines.append(f"Quantization:         {quantization_text(structure.quantization)}")
     if structure.contents is not None:
         contents = structure.contents
         lines.append(f"Nonzero parameters:   {contents.nonzero_params:,} (sparsity {contents.sparsity * 100:.2f}%"
@@ -145,6 +147,9 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         if comparison.nonzero_params is not None:
             nonzero = comparison.nonzero_params
             lines.append(f"  nonzero: {nonzero.original:,} -> {nonzero.pruned:,}  ({reduction(nonzero.reduction_ratio)})")
+        if comparison.stored_bytes is not None:
+            stored = comparison.stored_bytes
+            lines.append(f"  stored bytes: {stored.original:,} -> {stored.pruned:,}  ({reduction(stored.reduction_ratio)})")
         if comparison.layer_matching.removed_original_layers:
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
         for warning in comparison.warnings:
@@ -168,3 +173,34 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         lines += [f"  {finding}" for finding in findings]
     lines += ["", layer_table(structure, comparison), ""]
     return "\n".join(lines)
+
+
+def quantization_text(quantization) -> str:
+    """One line: the encoding and what it costs, e.g. "compressed-tensors pack-quantized, 4 bits, group 32,
+    symmetric; 4.61 bits per parameter stored (overhead 2,538 elements)"."""
+    parts = [encoding_name(quantization.method, quantization.format)]
+    if quantization.bits is not None:
+        parts.append(f"{quantization.bits} bits")
+    if quantization.group_size:
+        parts.append(f"group {quantization.group_size}")
+    if quantization.symmetric is not None and quantization.quantized_params:
+        parts.append("symmetric" if quantization.symmetric is True else "asymmetric"
+                     if quantization.symmetric is False else f"symmetric {quantization.symmetric}")
+    if quantization.act_order:
+        parts.append("act-order" + ("" if quantization.act_order is True else f" {quantization.act_order}"))
+    if quantization.activation_scheme:
+        parts.append(f"activations {quantization.activation_scheme}")
+    if quantization.sparsity_format:
+        parts.append(f"sparsity {quantization.sparsity_format}")
+    text = ", ".join(parts)
+    if quantization.bits_per_param is not None:
+        text += f"; {quantization.bits_per_param:.2f} bits per parameter stored"
+    return text + f" (overhead {quantization.overhead_elements:,} elements)"
+
+
+def encoding_name(method: str, format_name: str) -> str:
+    """"gptq" + "gptq v1" -> "gptq v1"; "compressed-tensors" + "pack-quantized" -> "pack-quantized" (its
+    formats name themselves); "bitsandbytes" + "nf4" -> "bitsandbytes nf4"."""
+    if method in format_name or method == "compressed-tensors":
+        return format_name
+    return f"{method} {format_name}"

@@ -12,6 +12,7 @@ from . import __version__
 from .compare import Comparison
 from .discover import Checkpoint, ModelEntry, examine
 from .locate import Location, hf_cache_origin, in_hf_cache, locate
+from .quantized import PLAIN, decode_quantization
 from .readers import read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
 from .console import structure_summary
@@ -79,6 +80,10 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
             except CheckpointError:
                 pass  # reading the checkpoint will say what is wrong with its index
     paths += [path for path in (checkpoint.config_file, checkpoint.slicing_config) if path]
+    # AutoGPTQ checkpoints keep their quantization config beside the weights (prunescope.quantized).
+    beside = os.path.join(os.path.dirname(paths[0]), "quantize_config.json") if paths else ""
+    if beside and os.path.isfile(beside):
+        paths.append(beside)
     files = []
     for path in paths:
         try:
@@ -124,6 +129,7 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
                       if path and path.endswith(".json"))
     index = choose_model_reading(read_tensor_index(checkpoint.weight_files, files))
     config = load_config(checkpoint.config_file, files) or index.embedded_config
+    index = decode_quantization(index, config)
     try:
         structure = interpret(index, name, config, base_config)
     except CheckpointError as error:
@@ -133,6 +139,9 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
         found = ", ".join(dict.fromkeys(finding.what for finding in index.findings))
         raise CheckpointError(error.path, f"{error.problem}; SECURITY: it references {found} (nothing was run)",
                               error.hint) from None
+    if structure.quantization is not None and structure.total_params:
+        structure = structure.replace(quantization=structure.quantization.replace(
+            bits_per_param=round(structure.quantization.storage_bytes * 8 / structure.total_params, 4)))
     if checkpoint.kind == "slicegpt":
         slicing = load_config(checkpoint.slicing_config) or {}
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
@@ -159,6 +168,10 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions, files
     from .measure.scan import apply_contents, scan_tensors
 
     skipped = set(structure.buffers)
+    # Quantized weights are counted from their codes (measure/scan_quantized.py); fp8 and int8 weights
+    # stored in the dense layout are read like any tensor.
+    decoded = [item for item in index.encoded.values() if item.scheme != PLAIN]
+    skipped |= {item.logical.name for item in decoded}
     tensors = [t for t in index.tensors if t.alias_of is None and t.name not in skipped]
     if files is not None and files.remote:
         from .locate.store import scan_remote  # --remote-scan: the weight files copied to a temporary folder
@@ -169,13 +182,18 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions, files
     if options.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors), unit="B", unit_scale=True,
-                   desc=f"scanning {structure.model_name}", leave=False)
+        bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors) + sum(i.data.numel * i.data.itemsize for i in decoded),
+                   unit="B", unit_scale=True, desc=f"scanning {structure.model_name}", leave=False)
     try:
         # Fused projections (Phi-3) are split into q/k/v and gate/up by rows: count their groups per row.
         fused = frozenset(name for layer in structure.layers for name in layer.fused_rows)
         contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None,
                                 per_row_groups=fused)
+        if decoded:
+            from .measure.scan_quantized import scan_encoded
+
+            contents.update(scan_encoded(decoded, options.workers, bar.update if bar else None, fused))
+            contents = {t.name: contents[t.name] for t in index.tensors if t.name in contents}  # file order
     finally:
         if bar is not None:
             bar.close()

@@ -23,22 +23,31 @@ class Record:
                 if not name.startswith("_") and name not in fields:
                     fields.append(name)
         cls._fields = tuple(fields)
+        cls._field_set = frozenset(fields)
         cls._defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
+        cls._required = frozenset(name for name in fields if name not in cls._defaults)
 
     def __init__(self, *args, **kwargs):
-        if len(args) > len(self._fields):
-            raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields, got {len(args)}")
-        values = dict(zip(self._fields, args))
-        for name, value in kwargs.items():
-            if name not in self._fields or name in values:
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {name!r}")
-            values[name] = value
-        for name in self._fields:
-            if name not in values:
-                if name not in self._defaults:
-                    raise TypeError(f"{type(self).__name__}: missing field {name!r}")
-                values[name] = self._defaults[name]
-        self.__dict__.update(values)
+        # Records are made by the thousand (a tensor index of a quantized 8B model holds ~700): the
+        # common case, every field given or defaulted by keyword, takes one dict merge.
+        fields = self._fields
+        if args:
+            if len(args) > len(fields):
+                raise TypeError(f"{type(self).__name__} takes {len(fields)} fields, got {len(args)}")
+            positional = dict(zip(fields, args))
+            if kwargs and not kwargs.keys().isdisjoint(positional):
+                repeated = next(name for name in kwargs if name in positional)
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {repeated!r}")
+            kwargs.update(positional)
+        if not self._field_set.issuperset(kwargs):
+            unexpected = next(name for name in kwargs if name not in self._field_set)
+            raise TypeError(f"{type(self).__name__}: unexpected or repeated field {unexpected!r}")
+        if len(kwargs) < len(fields):
+            if not kwargs.keys() >= self._required:
+                missing = next(name for name in fields if name not in kwargs and name in self._required)
+                raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
+            kwargs = {**self._defaults, **kwargs}
+        self.__dict__.update(kwargs)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable; use .replace()")

@@ -7,6 +7,7 @@ Nothing here knows about checkpoint file formats; see atomic.py for how files ar
 from __future__ import annotations
 
 from .compare import Change, Comparison
+from .quantized import Quantization
 from .interpret.structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
                                   ModelStructure)
 
@@ -47,7 +48,18 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "slicing": structure.slicing,
         "layer_prefix": structure.layer_prefix,
         **_model_contents_fields(structure.contents),
+        **({"quantization": quantization_to_dict(structure.quantization)} if structure.quantization else {}),
     }
+
+
+def quantization_to_dict(quantization: Quantization) -> dict:
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in ((name, getattr(quantization, name)) for name in Quantization._fields)}
+
+
+def quantization_from_dict(data: dict) -> Quantization:
+    return Quantization(**{name: tuple(value) if name in ("unquantized_modules", "notes") else value
+                           for name, value in data.items() if name in Quantization._fields})
 
 
 def _model_contents_fields(contents: ModelContents | None) -> dict:
@@ -152,7 +164,8 @@ def structure_from_dict(data: dict) -> ModelStructure:
         position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
         slicing=data["slicing"], layer_prefix=data["layer_prefix"],
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
-        if "nonzero_params" in data else None)
+        if "nonzero_params" in data else None,
+        quantization=quantization_from_dict(data["quantization"]) if data.get("quantization") else None)
 
 
 # -- model_comparison.json ------------------------------------------------------------------------
@@ -190,6 +203,8 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                            "removed_original_layers": list(matching.removed_original_layers)},
         "warnings": list(comparison.warnings),
     }
+    if comparison.stored_bytes is not None:
+        data["stored_bytes"] = _change(comparison.stored_bytes)
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):

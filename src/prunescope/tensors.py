@@ -124,3 +124,7 @@ class TensorIndex(Record):
     # Other readings of the same file: each other module or state dict in it that holds tensors (a
     # training checkpoint's RNG state sits beside the model's state dict). The pipeline chooses.
     alternatives: tuple[TensorIndex, ...] = ()
+    # Set by stage 2.5 (prunescope.quantized) on the logical index of a quantized checkpoint: logical
+    # weight name -> how its values are stored (quantized.Encoded), and the encoding's description.
+    encoded: dict = {}
+    quantization: object = None

@@ -60,7 +60,8 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     model_type = str(config.get("model_type") or "")
     family = choose_family(config, index.module_classes, [tensor.name for tensor in index.tensors])
     counted, buffers, aliases = _parameters(index, family)
-    _refuse_quantized(index, config)
+    if index.quantization is None:  # decoded quantized checkpoints arrive as their logical index
+        _refuse_quantized(index, config)
     stack = _decoder_stack(counted, family)
     if not any(placed[2] in ("attention", "mlp") for tensors in stack.layers.values() for placed in tensors):
         raise CheckpointError(
@@ -116,6 +117,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         position_embedding_params=outside.positions,
         projection_names=names,
         layer_prefix=stack.prefix,
+        quantization=index.quantization,
     )
     assert structure.total_params == (outside.embedding + outside.positions + outside.lm_head + outside.final_norm
                                       + outside.other + structure.total_layer_params), "buckets must add up"

@@ -107,6 +107,8 @@ class ModelStructure(Record):
     slicing: dict | None = None  # SliceGPT: the slicing configuration and how it matches the shapes
     layer_prefix: str = ""  # the decoder stack's tensor names start with "<layer_prefix>.<layer_idx>."
     contents: ModelContents | None = None  # with --sparsity
+    # Quantized checkpoints (prunescope.quantized.Quantization): every count above is the dense model's.
+    quantization: object = None
 
     @property
     def num_layers(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..interpret.structure import ModelStructure
 from ..readers.access import LocalFiles
+from ..quantized import BITMASK, BITMASK_24, BNB4, PACKED_ROWS, PLAIN, Encoded
 from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
@@ -27,16 +28,47 @@ def measure_layers(structure: ModelStructure, index: TensorIndex, files=None) ->
         with LocalFiles() as local:
             return measure_layers(structure, index, local)
     by_name = {tensor.name: tensor for tensor in index.tensors}
-    per_layer = [sorted((by_name[name] for name in layer.content_tensors), key=_local_name)
-                 for layer in structure.layers]
-    pages = iter(_first_pages([tensor for tensors in per_layer for tensor in tensors], files))
+    # A quantized weight is read as its stored codes (prunescope.quantized), in the logical one's place.
+    codes = {name: item.data for name, item in index.encoded.items()}
+    per_layer = []
+    for layer in structure.layers:
+        names = sorted(layer.content_tensors, key=lambda name: _local_name(by_name[name]))
+        per_layer.append((names, [codes.get(name, by_name[name]) for name in names]))
+    pages = iter(_first_pages([tensor for _, tensors in per_layer for tensor in tensors], files))
     layers = []
-    for layer, tensors in zip(structure.layers, per_layer):
+    for layer, (names, tensors) in zip(structure.layers, per_layer):
         first_pages = [next(pages) for _ in tensors]
         layers.append(layer.replace(
-            is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
+            is_zero_layer=all(_is_all_zero(tensor, files, page) if name not in index.encoded
+                              else _encodes_zeros(index.encoded[name], files, page)
+                              for name, tensor, page in zip(names, tensors, first_pages)),
             fingerprint=_fingerprint(tensors, first_pages)))
     return structure.replace(layers=tuple(layers))
+
+
+def _encodes_zeros(item, files, first_page: bytes) -> bool:
+    """Whether a quantized weight encodes only zeros. Values stored as themselves (fp8, int8, the
+    bitmask formats' values) are tested like any tensor; codes whose zero is one constant byte are
+    decided on the first page; the rest, and pages that may be all zeros, are decoded (numpy)."""
+    if item.scheme in (PLAIN, BITMASK, BITMASK_24):
+        return _is_all_zero(item.data, files, first_page)
+    constant = _zero_byte(item)
+    if constant is not None and first_page.count(constant) != len(first_page):
+        return False
+    from .scan_quantized import is_all_zero
+
+    return is_all_zero(item)
+
+
+def _zero_byte(item: Encoded) -> int | None:
+    """The byte a run of zero values is stored as, where that is one constant (symmetric packing,
+    NF4), so the zero-layer test can decide on raw bytes; None where zero points vary."""
+    if item.scheme == PACKED_ROWS and item.symmetric:
+        middle = 1 << (item.bits - 1)
+        return {4: middle * 0x11, 8: middle, 2: middle * 0x55}.get(item.bits)
+    if item.scheme == BNB4 and len(item.parts["zero_codes"]) == 1:
+        return item.parts["zero_codes"][0] * 0x11
+    return None
 
 
 def _local_name(tensor: TensorInfo) -> str:

@@ -92,6 +92,24 @@ def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | 
     return {name: counter.freeze() for name, counter in counters.items()}
 
 
+def count_rows(tensor: TensorInfo, values, per_row_groups: bool = False) -> TensorContents:
+    """Contents of a 2-D tensor given as an array in memory (a quantized weight's nonzero mask, in the
+    dense layout), counted block by block as the files' tensors are."""
+    rows, width = values.shape
+    step = max(1, CHUNK_BYTES // max(1, width * values.itemsize))
+    blocks = ((start, values[start:start + step]) for start in range(0, rows, step))
+    return contents_of_blocks(tensor, ((start, block.shape[0], count_block(
+        block.view("u1") if block.dtype == bool else block, False, per_row_groups)) for start, block in blocks))
+
+
+def contents_of_blocks(tensor: TensorInfo, results) -> TensorContents:
+    """Contents of a 2-D tensor from its row blocks' counts: (first row, rows, count_block's result)."""
+    counter = _Counter(tensor)
+    for start, rows, result in results:
+        counter.add(start, rows, result)
+    return counter.freeze()
+
+
 # -- chunking --------------------------------------------------------------------------------
 
 

@@ -94,6 +94,8 @@ def model_section(model: ModelRow, board: Scoreboard) -> str:
     facts = [model.kind or "", format_params(model.total_params) + " parameters" if model.total_params else ""]
     if model.role == "pruned" and model.reduction_ratio is not None:
         facts.append(format_change(model.reduction_ratio) + " vs base")
+    if model.quantization:
+        facts.append(model.quantization + (f", {model.bits_per_param:.2f} bits/param" if model.bits_per_param else ""))
     if model.nonzero_params is not None and model.sparsity is not None:
         facts.append(f"{format_params(model.nonzero_params)} nonzero ({model.sparsity * 100:.1f}% zeros"
                      + (f", {model.nm_sparsity} pattern" if model.nm_sparsity else "") + ")")

@@ -22,6 +22,7 @@ import os
 import time
 from collections import Counter
 
+from ..console import encoding_name
 from ..records import Record
 from ..schema import BATCH_FILE, COMPARISON_FILE, STRUCTURE_FILE
 from .evals import EvalError, find_results_files, newest_per_task, read_results_file
@@ -82,6 +83,8 @@ class ModelRow(Record):
     nonzero_params: int | None = None  # when the contents were scanned
     sparsity: float | None = None
     nm_sparsity: str | None = None  # "2:4" when every linear weight complies
+    quantization: str | None = None  # quantized checkpoints: the method and format, e.g. "gptq v1"
+    bits_per_param: float | None = None  # tensor data bits per (logical) parameter
     layers: tuple = ()  # LayerRow
     base_num_layers: int | None = None
     warnings: tuple = ()  # one line each: stale config, security findings, guessed layer pairing, ...
@@ -304,6 +307,7 @@ def load_model(record: dict, base_name: str | None, problems: list) -> tuple[Mod
         attention_params=buckets["attention"], mlp_params=buckets["mlp"], embedding_params=buckets["embedding"],
         norm_params=buckets["norm"], other_params=buckets["other"], nonzero_params=structure.get("nonzero_params"),
         sparsity=structure.get("sparsity"), nm_sparsity=structure.get("nm_sparsity"),
+        **quantization_fields(structure),
         layers=layer_rows(structure, comparison), base_num_layers=original((comparison or {}).get("num_layers")),
         warnings=warnings)
     return row, structure, comparison
@@ -564,3 +568,12 @@ def adopt_results_only(folders: list, rows: list[ModelRow], base: ModelRow | Non
                 "no such results folder (a name under --models_dir, or a path)" if base is not None
                 else "no base model in this batch to give its scores to (run analyze with --base_model)"))
     return extra_rows, adopted
+
+
+def quantization_fields(structure: dict) -> dict:
+    """ModelRow's quantization and bits_per_param from model_structure.json's `quantization` section."""
+    quantization = structure.get("quantization")
+    if not isinstance(quantization, dict):
+        return {}
+    return {"quantization": encoding_name(quantization.get("method") or "", quantization.get("format") or ""),
+            "bits_per_param": quantization.get("bits_per_param")}

@@ -30,7 +30,7 @@ MARKDOWN_SPECIAL = re.compile(r"[\\`*~<>\[\]|$&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-
 class Column(Record):
     key: str  # the CSV header
     title: str  # the header in Markdown, LaTeX and HTML
-    style: str  # "text", "params", "change", "count", "share" or "score"
+    style: str  # "text", "params", "change", "count", "share", "bits" or "score"
     best: str | None = None  # "max" / "min": the best value is bold
     percent: bool = False  # a score shown x100
     subtitle: str = ""  # under the title: the metric
@@ -64,6 +64,9 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
     scanned = any(model.sparsity is not None for model in study.models)
     if scanned:
         columns += [Column("nonzero_params", "Nonzero", "params"), Column("sparsity", "Sparsity", "share")]
+    quantized = any(model.quantization for model in study.models)
+    if quantized:  # what each parameter costs on disk, beside how many there are
+        columns += [Column("quantization", "Format", "text"), Column("bits_per_param", "Bits/param", "bits")]
     for task in board.columns:
         columns.append(Column(f"{task.task}/{task.metric}", task.task, "score",
                               "max" if task.higher_is_better else "min", task.percent, task.metric))
@@ -77,6 +80,8 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
             row.append(model.other_params)
         if scanned:
             row += [model.nonzero_params, model.sparsity]
+        if quantized:
+            row += [model.quantization, model.bits_per_param]
         row += [board.values.get(model.name, {}).get(task.task) for task in board.columns]
         if board.average_over:
             row.append(board.averages.get(model.name))
@@ -97,6 +102,9 @@ def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool, bol
     if scanned:
         notes.append("Nonzero: parameters that are not zero; Sparsity: share of parameters that are zero "
                      "(content scan).")
+    if any(model.quantization for model in study.models):
+        notes.append("Format: how quantized models store their weights (parameters are the dense model's); "
+                     "Bits/param: tensor data bits per parameter, scales and zero points included.")
     if board.columns:
         percent = [column.task for column in board.columns if column.percent]
         notes.append("Scores" + (" in %" if percent else "") + ": " + "; ".join(board.notes) + ".")
@@ -136,6 +144,8 @@ def format_cell(column: Column, value) -> str:
         return format_change(value)
     if column.style == "share":
         return f"{value * 100:.1f}%"
+    if column.style == "bits":
+        return f"{value:.2f}"
     if column.style == "score":
         return f"{value * 100:.2f}" if column.percent else f"{value:.2f}"
     return str(value)
