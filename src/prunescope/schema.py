@@ -34,6 +34,9 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "other_params": structure.other_params,
         "other_tensors": list(structure.other_tensors),
         "position_embedding_params": structure.position_embedding_params,
+        **({"embedding_norm_params": structure.embedding_norm_params} if structure.embedding_norm_params else {}),
+        **({"top_k": structure.top_k, "num_experts": list(structure.num_experts),
+            "active_params": structure.active_params} if structure.num_experts is not None else {}),
         "family": structure.family,
         "hidden_size": structure.hidden_size,
         "vocab_size": structure.vocab_size,
@@ -67,10 +70,13 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
             "q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
             "o_proj": attention.o_proj, "num_heads": attention.num_heads, "num_kv_heads": attention.num_kv_heads,
             "qk_norm": attention.qk_norm, "other": attention.other,
+            **({"mla": attention.mla} if attention.mla is not None else {}),
         },
         "mlp": {
             "type": mlp.type, "total": mlp.total, "gate_proj": mlp.gate_proj, "up_proj": mlp.up_proj,
             "down_proj": mlp.down_proj, "intermediate_size": mlp.intermediate_size, "other": mlp.other,
+            **({key: getattr(mlp, key) for key in MOE_FIELDS} if mlp.num_experts
+               else {key: getattr(mlp, key) for key in ("router", "shared_experts") if getattr(mlp, key)}),
         },
         "norm": layer.norm,
         "is_zero_layer": layer.is_zero_layer,
@@ -78,6 +84,7 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         "shortcut": layer.shortcut,
         **({"widths": layer.widths} if layer.widths else {}),
         "fingerprint": layer.fingerprint,
+        **({"expert_fingerprints": list(layer.expert_fingerprints)} if layer.expert_fingerprints else {}),
     }
     if contents is not None:
         data["nonzero"] = contents.nonzero
@@ -100,6 +107,7 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
     return data
 
 
+MOE_FIELDS = ("num_experts", "router", "experts", "shared_experts", "expert_intermediate_size")
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 # Keys the content scan adds inside attention/mlp; stripped when rebuilding the plain structure.
@@ -140,7 +148,8 @@ def structure_from_dict(data: dict) -> ModelStructure:
             layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
             mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
             other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
-            fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer)))
+            fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer),
+            expert_fingerprints=tuple(layer.get("expert_fingerprints", ()))))
     return ModelStructure(
         model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
         embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
@@ -151,6 +160,9 @@ def structure_from_dict(data: dict) -> ModelStructure:
         config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]),
         position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
         slicing=data["slicing"], layer_prefix=data["layer_prefix"],
+        embedding_norm_params=data.get("embedding_norm_params", 0), top_k=data.get("top_k"),
+        num_experts=tuple(data["num_experts"]) if data.get("num_experts") is not None else None,
+        active_params=data.get("active_params"),
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
         if "nonzero_params" in data else None)
 

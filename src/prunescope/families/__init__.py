@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import re
 
-from . import llama, opt, phi, phi3
+from . import bloom, deepseek, falcon, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen_moe, stacked_moe
 from .base import Family
 
-FAMILIES: tuple[Family, ...] = (llama.FAMILY, opt.FAMILY, phi.FAMILY, phi3.FAMILY)
+FAMILIES: tuple[Family, ...] = (llama.FAMILY, opt.FAMILY, phi.FAMILY, phi3.FAMILY, gpt2.FAMILY, gpt_neox.FAMILY,
+                                falcon.FAMILY, bloom.FAMILY, gptj.FAMILY, mixtral.FAMILY, qwen_moe.FAMILY,
+                                deepseek.FAMILY, stacked_moe.GRANITE_MOE, stacked_moe.GPT_OSS, stacked_moe.LLAMA4)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
-CLASS_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "Model")
-LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
+CLASS_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
+# The decoder stack: "...layers.N." in most families, "...h.N." in GPT-2, GPT-J, Falcon and Bloom.
+LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h))\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
 def choose_family(config: dict, module_classes: dict[str, str], tensor_names) -> Family:
