@@ -10,7 +10,7 @@ import time
 from . import __version__
 from .discover import discover_models
 from .atomic import write_json
-from .console import format_table, human, reduction, value_range
+from .console import experts_line, format_table, human, reduction, value_range
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -260,6 +260,8 @@ def closing_table(results: list[ModelResult]) -> str:
         zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
         if zero:
             notes.append(f"zero layers {zero}")
+        if structure.num_experts is not None:
+            notes.append(experts_line(structure, result.comparison))
         if structure.config_mismatches:
             notes.append("config stale: " + ",".join(m["field"] for m in structure.config_mismatches))
         if structure.tied_embeddings:

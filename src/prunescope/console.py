@@ -35,19 +35,34 @@ def value_range(values) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def experts_line(structure: ModelStructure, comparison: Comparison | None = None) -> str | None:
+    """"experts 8 → 6/8/4 per layer" (MoE layers only; one number when they all agree)."""
+    if structure.num_experts is None:
+        return None
+    counts = [count for count in structure.num_experts if count]
+    per_layer = str(counts[0]) if counts and len(set(counts)) == 1 else "/".join(map(str, counts))
+    base = [layer.experts.original for layer in comparison.layers if layer.experts is not None] if comparison else []
+    return f"experts {value_range(base)} → {per_layer} per layer" if base else f"experts {per_layer} per layer"
+
+
 def layer_table(structure: ModelStructure, comparison: Comparison | None = None) -> str:
     """One row per layer. With a comparison, which base layer each was paired with; with a content scan,
     nonzeros, sparsity, and heads / MLP channels left once those zeroed in place are discounted."""
     sliced = any(layer.shortcut for layer in structure.layers)
+    moe = structure.num_experts is not None
     scanned = any(layer.contents is not None for layer in structure.layers)
     base_of = {layer.layer_idx: layer.original_layer_idx for layer in comparison.layers} if comparison else {}
     header = (("layer",) + (("base",) if comparison else ())
               + ("total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
+              + (("experts",) if moe else ())
               + (("shortcut",) if sliced else ()) + (("nonzero", "sparsity") if scanned else ()) + ("zero",))
     rows = [header]
     for layer in structure.layers:
         attention, mlp, contents = layer.attention, layer.mlp, layer.contents
         heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), _text(mlp.intermediate_size)
+        if mlp.num_experts:  # the experts' width
+            inter = value_range(mlp.expert_intermediate_size if isinstance(mlp.expert_intermediate_size, list)
+                                else [mlp.expert_intermediate_size])
         if contents is not None:  # "3/4": heads whose weights are all zero are not counted as left
             heads = _effective(contents.effective_heads, attention.num_heads)
             kv_heads = _effective(contents.effective_kv_heads, attention.num_kv_heads)
@@ -57,6 +72,7 @@ def layer_table(structure: ModelStructure, comparison: Comparison | None = None)
             + (human(layer.total), human(attention.total), human(attention.q_proj), human(attention.k_proj),
                human(attention.v_proj), human(attention.o_proj), heads, kv_heads, human(mlp.total),
                human(mlp.gate_proj), human(mlp.up_proj), human(mlp.down_proj), inter, human(layer.norm))
+            + ((_text(mlp.num_experts or None),) if moe else ())
             + ((human(layer.shortcut),) if sliced else ())
             + ((human(contents.nonzero), f"{(1 - contents.nonzero / layer.total) * 100 if layer.total else 0:.1f}%")
                if scanned and contents is not None else ("-", "-") if scanned else ())
@@ -109,6 +125,9 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
         f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
     ]
+    if structure.num_experts is not None:
+        lines.append(f"Experts:              {experts_line(structure)} (top_k {_text(structure.top_k)}); "
+                     f"active parameters {_text(structure.active_params and f'{structure.active_params:,}')}")
     if structure.contents is not None:
         contents = structure.contents
         lines.append(f"Nonzero parameters:   {contents.nonzero_params:,} (sparsity {contents.sparsity * 100:.2f}%"
@@ -145,6 +164,14 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         if comparison.nonzero_params is not None:
             nonzero = comparison.nonzero_params
             lines.append(f"  nonzero: {nonzero.original:,} -> {nonzero.pruned:,}  ({reduction(nonzero.reduction_ratio)})")
+        if comparison.active_params is not None:
+            lines.append(f"  {experts_line(structure, comparison)}")
+            removed = {idx: list(experts) for idx, experts in comparison.removed_experts.items() if experts}
+            if removed:
+                methods = {layer.experts.method for layer in comparison.layers if layer.experts is not None}
+                lines.append("  removed experts (layer: base experts): "
+                             + ", ".join(f"{idx}: {experts}" for idx, experts in removed.items())
+                             + ("  (paired by position: a guess)" if "position" in methods else "  (matched by content)"))
         if comparison.layer_matching.removed_original_layers:
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
         for warning in comparison.warnings:

@@ -6,7 +6,7 @@ Nothing here knows about checkpoint file formats; see atomic.py for how files ar
 
 from __future__ import annotations
 
-from .compare import Change, Comparison
+from .compare import Change, Comparison, ExpertMatching
 from .interpret.structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
                                   ModelStructure)
 
@@ -175,6 +175,11 @@ def _change(change: Change) -> dict:
             "reduction_ratio": change.reduction_ratio}
 
 
+def _expert_matching(matching: ExpertMatching) -> dict:
+    return {"original": matching.original, "pruned": matching.pruned, "kept": list(matching.kept),
+            "removed": list(matching.removed), "method": matching.method, "note": matching.note}
+
+
 def comparison_to_dict(comparison: Comparison) -> dict:
     matching = comparison.layer_matching
     data = {
@@ -192,6 +197,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "norm": _change(layer.norm),
                 "shortcut": _change(layer.shortcut),
                 "is_zero_layer": layer.is_zero_layer,
+                **({"experts": _expert_matching(layer.experts)} if layer.experts is not None else {}),
             }
             for layer in comparison.layers
         ],
@@ -202,6 +208,9 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                            "removed_original_layers": list(matching.removed_original_layers)},
         "warnings": list(comparison.warnings),
     }
+    if comparison.active_params is not None:
+        data["active_params"] = _change(comparison.active_params)
+        data["removed_experts"] = {str(idx): list(removed) for idx, removed in comparison.removed_experts.items()}
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):

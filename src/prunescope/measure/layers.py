@@ -30,8 +30,40 @@ def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStruct
             first_pages = [_first_page(tensor, files) for tensor in tensors]
             layers.append(layer.replace(
                 is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
-                fingerprint=_fingerprint(tensors, first_pages)))
+                fingerprint=_fingerprint(tensors, first_pages),
+                expert_fingerprints=_expert_fingerprints(layer.expert_tensors, by_name, files)))
     return structure.replace(layers=tuple(layers))
+
+
+def _expert_fingerprints(expert_tensors: dict, by_name: dict, files: "_Files") -> tuple[str, ...]:
+    """One fingerprint per routed expert, in the experts' order: the checksum of its tensors' names,
+    shapes and first pages. A stacked tensor [E, ...] gives each expert its slice. Empty when a
+    stacked tensor is not stored in one piece (its slices cannot be located cheaply)."""
+    import zlib
+
+    per_expert: dict[int, int] = {}
+    for name in sorted(expert_tensors, key=lambda name: _local_name(by_name[name])):
+        tensor, number = by_name[name], expert_tensors[name]
+        if number is not None:
+            page = _first_page(tensor, files)
+            per_expert[number] = zlib.crc32(page, zlib.crc32(
+                f"{_local_name(tensor)}|{tensor.dtype}|{tensor.shape}".encode(), per_expert.get(number, 0)))
+            continue
+        ranges = tensor.byte_ranges()
+        if len(ranges) != 1 or not tensor.shape or not tensor.shape[0]:
+            return ()
+        start, length = ranges[0]
+        count = tensor.shape[0]
+        share = length // count
+        size = min(share, FIRST_READ - FIRST_READ % tensor.itemsize)
+        for expert in range(count):
+            page = files.read(tensor.file, start + expert * share, size)
+            if len(page) != size:
+                raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
+                                      "re-save or re-download it")
+            per_expert[expert] = zlib.crc32(page, zlib.crc32(
+                f"{_local_name(tensor)}|{tensor.dtype}|{tensor.shape[1:]}".encode(), per_expert.get(expert, 0)))
+    return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
 
 def _local_name(tensor: TensorInfo) -> str:
