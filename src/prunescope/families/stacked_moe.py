@@ -16,6 +16,9 @@ GRANITE_MOE = Family(
         "block_sparse_moe.router.layer": ROUTER,
         "block_sparse_moe.input_linear": EXPERT_GATE_UP,
         "block_sparse_moe.output_linear": EXPERT_DOWN,
+        "block_sparse_moe.router": ROUTER,  # the names in memory (save_original_format=False)
+        "block_sparse_moe.experts.gate_up_proj": EXPERT_GATE_UP,
+        "block_sparse_moe.experts.down_proj": EXPERT_DOWN,
         **NORMS,
     },
     mlp="block_sparse_moe",

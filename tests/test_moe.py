@@ -1,0 +1,217 @@
+"""Mixture-of-Experts families and DeepSeek's latent attention, written by transformers' save_pretrained
+in both storage forms (per-expert tensors, its default; stacked 3-D tensors), checked field by field
+against the module transformers builds; experts removed per layer with real operations on the module
+(expert slices and router rows dropped, config left stale), which must still run before it is written."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
+                          GptOssConfig, GptOssForCausalLM, GraniteMoeConfig, GraniteMoeForCausalLM, Llama4ForCausalLM,
+                          Llama4TextConfig, MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
+                          Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
+
+from oracle import active_params, check_family, count
+from prunescope.compare import compare
+from prunescope.pipeline import analyse_path
+from prunescope.schema import comparison_to_dict, structure_from_dict, structure_to_dict
+
+TINY = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, vocab_size=64,
+            intermediate_size=48)
+MHA = {**TINY, "num_key_value_heads": 4}  # DeepSeek's latent attention gives every head its k and v
+TOKENS = torch.tensor([[1, 2, 3, 4, 5, 6]])
+
+# name -> (build, the MoE block's attribute, the router's, shared experts' attributes, [E, out, in]?)
+MOE = {
+    "mixtral": (lambda: MixtralForCausalLM(MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2)),
+                "mlp", "gate", (), True),
+    "qwen2_moe": (lambda: Qwen2MoeForCausalLM(Qwen2MoeConfig(
+        **TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+        mlp_only_layers=[2])), "mlp", "gate", ("shared_expert", "shared_expert_gate"), True),
+    "qwen3_moe": (lambda: Qwen3MoeForCausalLM(Qwen3MoeConfig(**TINY, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                                             moe_intermediate_size=24)), "mlp", "gate", (), True),
+    "olmoe": (lambda: OlmoeForCausalLM(OlmoeConfig(**{**TINY, "num_key_value_heads": 4}, num_experts=4,
+                                                   num_experts_per_tok=2)), "mlp", "gate", (), True),
+    "deepseek_v3": (lambda: DeepseekV3ForCausalLM(DeepseekV3Config(
+        **MHA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, n_shared_experts=1,
+        first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+        n_group=1, topk_group=1)), "mlp", "gate", ("shared_experts",), True),
+    "granitemoe": (lambda: GraniteMoeForCausalLM(GraniteMoeConfig(**TINY, num_local_experts=4, num_experts_per_tok=2)),
+                   "block_sparse_moe", "router", (), True),
+    "gpt_oss": (lambda: GptOssForCausalLM(GptOssConfig(**TINY, num_local_experts=4, num_experts_per_tok=2, head_dim=8,
+                                                       layer_types=["full_attention"] * 3)), "mlp", "router", (), False),
+    "llama4": (lambda: Llama4ForCausalLM(Llama4TextConfig(**TINY, intermediate_size_mlp=40, num_local_experts=4,
+                                                          num_experts_per_tok=1, head_dim=8, interleave_moe_layer_step=1)),
+               "feed_forward", "router", ("shared_expert",), False),
+}
+
+
+def runs(model) -> None:
+    with torch.no_grad():
+        logits = model(TOKENS, use_cache=False).logits
+    assert torch.isfinite(logits).all()
+
+
+def moe_family(model, name):
+    """What the module says, by the schema's names: the experts are one module holding stacked
+    gate_up_proj [E, 2I, h] (or [E, h, 2I]) and down_proj, plus biases in GPT-OSS."""
+    _, block, router, shared, out_in = MOE[name]
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def moe(layer):
+        module = getattr(layer, block)
+        return module if hasattr(module, "experts") else None
+
+    def experts_field(field):
+        def value(layer):
+            module = moe(layer)
+            if module is None:
+                return None if field in ("num_experts", "expert_intermediate_size") else {
+                    "gate_proj": count(module_of(layer).gate_proj), "up_proj": count(module_of(layer).up_proj),
+                    "down_proj": count(module_of(layer).down_proj),
+                    "intermediate_size": module_of(layer).gate_proj.out_features}[field]
+            experts = module.experts
+            gate_up, down = experts.gate_up_proj, experts.down_proj
+            width = gate_up.shape[1] // 2 if out_in else gate_up.shape[2] // 2
+            gate_up_bias = getattr(experts, "gate_up_proj_bias", None)
+            biases = gate_up_bias.numel() // 2 if gate_up_bias is not None else 0
+            down_bias = getattr(experts, "down_proj_bias", None)
+            return {"num_experts": gate_up.shape[0], "expert_intermediate_size": width,
+                    "gate_proj": gate_up.numel() // 2 + biases, "up_proj": gate_up.numel() // 2 + biases,
+                    "down_proj": down.numel() + (down_bias.numel() if down_bias is not None else 0),
+                    "intermediate_size": None}[field]
+        return value
+
+    def module_of(layer):
+        return getattr(layer, block)
+
+    attention_fields = {"total": lambda layer: count(layer.self_attn), "o_proj": lambda layer: count(layer.self_attn.o_proj)}
+    if not name.startswith("deepseek"):
+        attention_fields.update({
+            projection: (lambda layer, projection=projection: count(getattr(layer.self_attn, projection)))
+            for projection in ("q_proj", "k_proj", "v_proj")})
+        attention_fields["num_heads"] = lambda layer: layer.self_attn.q_proj.out_features // head_dim
+        attention_fields["num_kv_heads"] = lambda layer: layer.self_attn.k_proj.out_features // head_dim
+    return {
+        "layers": lambda m: m.model.layers,
+        "attention": attention_fields,
+        "mlp": {"total": lambda layer: count(module_of(layer)),
+                "router": lambda layer: count(getattr(moe(layer), router)) if moe(layer) else None,
+                "experts": lambda layer: count(moe(layer).experts) if moe(layer) else None,
+                "shared_experts": lambda layer: sum(count(getattr(moe(layer), attr)) for attr in shared)
+                if moe(layer) else None,
+                **{field: experts_field(field) for field in ("num_experts", "expert_intermediate_size", "gate_proj",
+                                                              "up_proj", "down_proj", "intermediate_size")}},
+        "model": {"top_k": lambda m: config.num_experts_per_tok,
+                  "active_params": lambda m: active_params(m, routed(block), config.num_experts_per_tok),
+                  "num_experts": lambda m: [moe(layer).experts.gate_up_proj.shape[0] if moe(layer) else 0
+                                            for layer in m.model.layers]},
+    }
+
+
+def routed(block):
+    def experts(layer):
+        module = getattr(layer, block)
+        if not hasattr(module, "experts"):
+            return None
+        return count(module.experts), module.experts.gate_up_proj.shape[0]
+    return experts
+
+
+def remove_experts(model, name, kept: dict[int, list[int]]) -> None:
+    """Expert pruning as NAEE does it, per layer: keep some experts' slices of the stacked tensors and
+    their router rows; the config's expert count is left as it was (stale)."""
+    _, block, router_name, _, _ = MOE[name]
+    for layer_idx, experts_kept in kept.items():
+        module = getattr(model.model.layers[layer_idx], block)
+        experts, router = module.experts, getattr(module, router_name)
+        with torch.no_grad():
+            for attr in ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"):
+                if hasattr(experts, attr):
+                    setattr(experts, attr, nn.Parameter(getattr(experts, attr)[experts_kept].clone()))
+            for attr in ("weight", "bias"):
+                if isinstance(getattr(router, attr, None), nn.Parameter):
+                    setattr(router, attr, nn.Parameter(getattr(router, attr)[experts_kept].clone()))
+            if hasattr(router, "e_score_correction_bias"):
+                router.e_score_correction_bias = router.e_score_correction_bias[experts_kept].clone()
+        for holder in (experts, router, module):
+            for attr in ("num_experts", "n_routed_experts", "num_local_experts"):
+                if isinstance(getattr(holder, attr, None), int):
+                    setattr(holder, attr, len(experts_kept))
+
+
+def analysed(path, base=None):
+    return analyse_path(str(path), base).structure
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_moe_family_and_its_experts_pruned(tmp_path, name):
+    model = MOE[name][0]().eval()
+    model.save_pretrained(tmp_path / "base")  # per-expert tensors, or the family's own stacked ones
+    model.save_pretrained(tmp_path / "stacked", save_original_format=False)  # the names in memory: stacked
+    base = analysed(tmp_path / "base")
+    for form in ("base", "stacked"):
+        structure = structure_to_dict(base if form == "base" else analysed(tmp_path / form))
+        check_family(structure, model, moe_family(model, name))
+        assert structure["config_mismatches"] == []
+        assert structure_to_dict(structure_from_dict(structure)) == structure  # the MoE fields round-trip
+
+    moe_layers = [idx for idx, layer in enumerate(model.model.layers) if hasattr(getattr(layer, MOE[name][1]), "experts")]
+    plan = {moe_layers[0]: [0, 2, 3], moe_layers[-1]: [1, 3]}  # experts 1 and 0, 2 removed
+    remove_experts(model, name, plan)
+    runs(model)
+    model.save_pretrained(tmp_path / "pruned")
+    pruned = analysed(tmp_path / "pruned")
+    structure = structure_to_dict(pruned)
+    check_family(structure, model, moe_family(model, name))
+    key = next(key for key in ("num_local_experts", "num_experts", "n_routed_experts") if key in model.config.to_dict())
+    stale = {m["field"]: m for m in structure["config_mismatches"]}[key]
+    assert stale["config"] == 4 and stale["per_layer"] == {str(idx): len(kept) for idx, kept in plan.items()}
+
+    comparison = comparison_to_dict(compare(base, pruned))
+    assert comparison["removed_experts"] == {str(idx): sorted(set(range(4)) - set(plan[idx])) if idx in plan else []
+                                             for idx in moe_layers}
+    for layer in comparison["layers"]:
+        if layer["layer_idx"] in plan:
+            assert layer["experts"]["method"] == "content"
+            assert layer["experts"]["kept"] == plan[layer["layer_idx"]]
+    from prunescope.console import experts_line
+
+    counts = "/".join(str(len(plan.get(idx, range(4)))) for idx in moe_layers)
+    assert experts_line(pruned, compare(base, pruned)) == f"experts 4 → {counts} per layer"
+
+
+def test_deepseek_latent_attention_and_dense_first_layer(tmp_path):
+    model = MOE["deepseek_v3"][0]().eval()
+    model.save_pretrained(tmp_path / "v3")
+    structure = structure_to_dict(analysed(tmp_path / "v3"))
+    config = model.config
+    assert structure["head_dim"] == config.qk_nope_head_dim + config.qk_rope_head_dim
+    assert "qk_nope_head_dim+qk_rope_head_dim" in structure["head_dim_source"]
+    assert structure["buffers"] == [f"model.layers.{i}.mlp.gate.e_score_correction_bias" for i in (1, 2)]
+    for got, layer in zip(structure["layers"], model.model.layers, strict=True):
+        attention = layer.self_attn
+        assert (got["attention"]["q_proj"], got["attention"]["k_proj"], got["attention"]["v_proj"]) == (None, None, None)
+        heads = attention.q_b_proj.out_features // (config.qk_nope_head_dim + config.qk_rope_head_dim)
+        assert got["attention"]["num_heads"] == got["attention"]["num_kv_heads"] == heads == config.num_attention_heads
+        mla = got["attention"]["mla"]
+        for part in ("q_a_proj", "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj"):
+            assert mla[part] == count(getattr(attention, part)), part
+        assert (mla["q_lora_rank"], mla["kv_lora_rank"]) == (config.q_lora_rank, config.kv_lora_rank)
+        assert (mla["qk_nope_head_dim"], mla["qk_rope_head_dim"], mla["v_head_dim"]) == \
+            (config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim)
+    assert "num_experts" not in structure["layers"][0]["mlp"]  # first_k_dense_replace: a plain MLP
+    assert structure["num_experts"] == [0, 4, 4]
+
+    lite = DeepseekV2ForCausalLM(DeepseekV2Config(
+        **MHA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, n_shared_experts=1,
+        first_k_dense_replace=1, q_lora_rank=None, kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4,
+        v_head_dim=8)).eval()
+    lite.save_pretrained(tmp_path / "lite")
+    structure = structure_to_dict(analysed(tmp_path / "lite"))
+    assert structure["total_params"] == lite.num_parameters()
+    for got, layer in zip(structure["layers"], lite.model.layers, strict=True):
+        assert got["attention"]["q_proj"] == count(layer.self_attn.q_proj)  # V2-Lite's plain q_proj
+        assert got["attention"]["num_heads"] == lite.config.num_attention_heads
+        assert got["attention"]["total"] == count(layer.self_attn)
