@@ -523,3 +523,27 @@ def test_unknown_family_counts_exactly_with_a_note(tmp_path):
     structure = structure_to_dict(analyse_path(str(tmp_path / "odd")).structure)
     assert structure["total_params"] == model.num_parameters()
     assert any("not one prunescope knows" in note for note in structure["notes"])
+
+
+def test_gpt2_conv1d_sparsity_reads_outputs_as_columns(tmp_path):
+    """--sparsity on Conv1D weights ([in, out]): a head zeroed in place (its q/k/v columns of c_attn and
+    its rows of c_proj) is found, and a zeroed MLP channel (a column of c_fc, a row of c_proj)."""
+    from prunescope.pipeline import ScanOptions
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=64, n_positions=16)).eval()
+    head_dim, layer = 8, model.transformer.h[0]
+    with torch.no_grad():
+        for block in range(3):
+            layer.attn.c_attn.weight[:, block * 32 + head_dim:block * 32 + 2 * head_dim] = 0
+            layer.attn.c_attn.bias[block * 32 + head_dim:block * 32 + 2 * head_dim] = 0
+        layer.attn.c_proj.weight[head_dim:2 * head_dim] = 0
+        layer.mlp.c_fc.weight[:, 5] = 0
+        layer.mlp.c_fc.bias[5] = 0
+        layer.mlp.c_proj.weight[5] = 0
+    model.save_pretrained(tmp_path / "m")
+    structure = structure_to_dict(analyse_path(str(tmp_path / "m"), scan=ScanOptions(device="cpu")).structure)
+    got = structure["layers"][0]
+    assert got["attention"]["effective_heads"] == 3
+    assert got["mlp"]["effective_intermediate_size"] == layer.mlp.c_fc.weight.shape[1] - 1
+    assert got["nonzero"] == sum(int((p != 0).sum()) for p in layer.parameters())
+    assert structure["layers"][1]["attention"]["effective_heads"] == 4

@@ -215,3 +215,25 @@ def test_deepseek_latent_attention_and_dense_first_layer(tmp_path):
         assert got["attention"]["q_proj"] == count(layer.self_attn.q_proj)  # V2-Lite's plain q_proj
         assert got["attention"]["num_heads"] == lite.config.num_attention_heads
         assert got["attention"]["total"] == count(layer.self_attn)
+
+
+@pytest.mark.parametrize("form", ["per_expert", "stacked"])
+def test_sparsity_counts_each_expert(tmp_path, form):
+    """--sparsity: each routed expert's nonzeros and N:M share, against the module's own tensors."""
+    from prunescope.pipeline import ScanOptions
+
+    model = MOE["mixtral"][0]().eval()
+    experts = model.model.layers[0].mlp.experts
+    with torch.no_grad():
+        experts.gate_up_proj[1].zero_()  # expert 1: gate and up zeroed, down kept
+        gate_up = experts.gate_up_proj[2]  # expert 2: 2:4 along the inputs
+        gate_up.view(-1, 4)[:, :2] = 0
+        experts.down_proj[2].view(-1, 4)[:, :2] = 0
+    model.save_pretrained(tmp_path / "m", save_original_format=form == "per_expert")
+    structure = structure_to_dict(analyse_path(str(tmp_path / "m"), scan=ScanOptions(device="cpu")).structure)
+    mlp = structure["layers"][0]["mlp"]
+    expected = [int((experts.gate_up_proj[e] != 0).sum() + (experts.down_proj[e] != 0).sum()) for e in range(4)]
+    assert mlp["expert_nonzero"] == expected
+    assert mlp["expert_nm"][2] == {"2:4": 1.0, "4:8": 1.0} and mlp["expert_nm"][0]["2:4"] < 1
+    assert mlp["nonzero"] == sum(int((p != 0).sum()) for p in model.model.layers[0].mlp.parameters())
+    assert structure_to_dict(structure_from_dict(structure)) == structure

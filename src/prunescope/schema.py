@@ -93,7 +93,9 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         for part, projections, extra in (
                 ("attention", ATTENTION_NAMES, {"effective_heads": contents.effective_heads,
                                                 "effective_kv_heads": contents.effective_kv_heads}),
-                ("mlp", MLP_NAMES, {"effective_intermediate_size": contents.effective_intermediate_size})):
+                ("mlp", MLP_NAMES, {"effective_intermediate_size": contents.effective_intermediate_size,
+                                **({"expert_nonzero": list(contents.expert_nonzero),
+                                    "expert_nm": list(contents.expert_nm)} if contents.expert_nonzero else {})})):
             section = data[part]
             section["nonzero"] = getattr(contents, f"{part}_nonzero")
             for projection in projections:
@@ -130,7 +132,8 @@ def _layer_contents_from_dict(layer: dict) -> LayerContents | None:
         projection_nonzero=per("nonzero"), projection_nm=per("nm"), projection_zero_rows=per("zero_rows"),
         projection_zero_columns=per("zero_columns"), nm_sparsity=layer["nm_sparsity"],
         effective_heads=attention["effective_heads"], effective_kv_heads=attention["effective_kv_heads"],
-        effective_intermediate_size=mlp["effective_intermediate_size"])
+        effective_intermediate_size=mlp["effective_intermediate_size"],
+        expert_nonzero=tuple(mlp.get("expert_nonzero", ())), expert_nm=tuple(mlp.get("expert_nm", ())))
 
 
 def _plain(section: dict) -> dict:

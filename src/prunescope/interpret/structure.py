@@ -62,6 +62,8 @@ class LayerContents(Record):
     effective_heads: int | None  # heads whose q rows or o columns are not all zero
     effective_kv_heads: int | None
     effective_intermediate_size: int | None  # MLP channels not zeroed in gate, up and down alike
+    expert_nonzero: tuple[int, ...] = ()  # MoE layers: nonzero values of each routed expert
+    expert_nm: tuple[dict, ...] = ()  # MoE layers: per routed expert, {"2:4": share of complying groups, ...}
 
 
 class ModelContents(Record):
@@ -96,6 +98,10 @@ class LayerStructure(Record):
     transposed: tuple[str, ...] = ()  # weights stored [in, out] (GPT-2's Conv1D)
     # Per routed expert, a hash of its sampled contents (stage 4): equal for an expert kept verbatim.
     expert_fingerprints: tuple[str, ...] = ()
+
+    @property
+    def stacked_expert_tensors(self) -> tuple[str, ...]:
+        return tuple(name for name, number in self.expert_tensors.items() if number is None)
 
     @property
     def content_tensors(self) -> tuple[str, ...]:
