@@ -67,6 +67,10 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     counted, buffers, aliases = _parameters(index, family)
     _refuse_quantized(index, config)
     stack = _decoder_stack(counted, family)
+    if not stack.layers:  # not a decoder model at all (a lone tensor, an optimizer state, ...)
+        raise CheckpointError(index.files[0], f"unknown architecture ({model_type or 'unknown'}): no decoder layers "
+                                              "(<...>.layers.N. or <...>.h.N. tensors) found",
+                              "supported: " + ", ".join(SUPPORTED_MODEL_TYPES))
 
     # At this point every tensor of the stack has its role; what follows counts them.
     notes: list[str] = []
