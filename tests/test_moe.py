@@ -5,12 +5,12 @@ against the module transformers builds; experts removed per layer with real oper
 
 import pytest
 import torch
-from torch import nn
 from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
                           GptOssConfig, GptOssForCausalLM, GraniteMoeConfig, GraniteMoeForCausalLM, Llama4ForCausalLM,
                           Llama4TextConfig, MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
                           Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
+from builders import remove_experts
 from oracle import active_params, check_family, count
 from prunescope.compare import compare
 from prunescope.pipeline import analyse_path
@@ -119,28 +119,6 @@ def routed(block):
     return experts
 
 
-def remove_experts(model, name, kept: dict[int, list[int]]) -> None:
-    """Expert pruning as NAEE does it, per layer: keep some experts' slices of the stacked tensors and
-    their router rows; the config's expert count is left as it was (stale)."""
-    _, block, router_name, _, _ = MOE[name]
-    for layer_idx, experts_kept in kept.items():
-        module = getattr(model.model.layers[layer_idx], block)
-        experts, router = module.experts, getattr(module, router_name)
-        with torch.no_grad():
-            for attr in ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"):
-                if hasattr(experts, attr):
-                    setattr(experts, attr, nn.Parameter(getattr(experts, attr)[experts_kept].clone()))
-            for attr in ("weight", "bias"):
-                if isinstance(getattr(router, attr, None), nn.Parameter):
-                    setattr(router, attr, nn.Parameter(getattr(router, attr)[experts_kept].clone()))
-            if hasattr(router, "e_score_correction_bias"):
-                router.e_score_correction_bias = router.e_score_correction_bias[experts_kept].clone()
-        for holder in (experts, router, module):
-            for attr in ("num_experts", "n_routed_experts", "num_local_experts"):
-                if isinstance(getattr(holder, attr, None), int):
-                    setattr(holder, attr, len(experts_kept))
-
-
 def analysed(path, base=None):
     return analyse_path(str(path), base).structure
 
@@ -159,7 +137,7 @@ def test_moe_family_and_its_experts_pruned(tmp_path, name):
 
     moe_layers = [idx for idx, layer in enumerate(model.model.layers) if hasattr(getattr(layer, MOE[name][1]), "experts")]
     plan = {moe_layers[0]: [0, 2, 3], moe_layers[-1]: [1, 3]}  # experts 1 and 0, 2 removed
-    remove_experts(model, name, plan)
+    remove_experts(model, plan, block=MOE[name][1], router_name=MOE[name][2])
     runs(model)
     model.save_pretrained(tmp_path / "pruned")
     pruned = analysed(tmp_path / "pruned")

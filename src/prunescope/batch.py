@@ -10,7 +10,7 @@ import time
 from . import __version__
 from .discover import discover_models
 from .atomic import write_json
-from .console import experts_line, format_table, human, reduction, value_range
+from .console import experts_line, format_table, human, reduction, value_range, widths
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -282,7 +282,7 @@ def closing_table(results: list[ModelResult]) -> str:
         change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"
         rows.append((entry.name, kind, human(structure.total_params), change, str(structure.num_layers),
                      value_range(layer.attention.num_heads for layer in layers),
-                     value_range(layer.mlp.intermediate_size for layer in layers), "; ".join(notes)))
+                     value_range(width for layer in layers for width in widths(layer)), "; ".join(notes)))
     return format_table(rows, left=(0, 1, 7))
 
 

@@ -35,6 +35,15 @@ def value_range(values) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def widths(layer) -> list:
+    """The MLP widths of a layer: its intermediate size, or in an MoE layer its experts' widths."""
+    mlp = layer.mlp
+    if not mlp.num_experts:
+        return [mlp.intermediate_size]
+    sizes = mlp.expert_intermediate_size
+    return list(sizes) if isinstance(sizes, list) else [sizes]
+
+
 def experts_line(structure: ModelStructure, comparison: Comparison | None = None) -> str | None:
     """"experts 8 → 6/8/4 per layer" (MoE layers only; one number when they all agree)."""
     if structure.num_experts is None:
@@ -59,14 +68,12 @@ def layer_table(structure: ModelStructure, comparison: Comparison | None = None)
     rows = [header]
     for layer in structure.layers:
         attention, mlp, contents = layer.attention, layer.mlp, layer.contents
-        heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), _text(mlp.intermediate_size)
-        if mlp.num_experts:  # the experts' width
-            inter = value_range(mlp.expert_intermediate_size if isinstance(mlp.expert_intermediate_size, list)
-                                else [mlp.expert_intermediate_size])
+        heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), value_range(widths(layer))
         if contents is not None:  # "3/4": heads whose weights are all zero are not counted as left
             heads = _effective(contents.effective_heads, attention.num_heads)
             kv_heads = _effective(contents.effective_kv_heads, attention.num_kv_heads)
-            inter = _effective(contents.effective_intermediate_size, mlp.intermediate_size)
+            if not mlp.num_experts:
+                inter = _effective(contents.effective_intermediate_size, mlp.intermediate_size)
         rows.append(
             (str(layer.layer_idx),) + ((_text(base_of.get(layer.layer_idx)),) if comparison else ())
             + (human(layer.total), human(attention.total), human(attention.q_proj), human(attention.k_proj),
@@ -123,11 +130,14 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         f"Layers:               {structure.num_layers} ({structure.total_layer_params:,} parameters)",
         f"Heads per layer:      {value_range(layer.attention.num_heads for layer in layers)}"
         f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
-        f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
+        f"Intermediate size:    {value_range(width for layer in layers for width in widths(layer))}"
+        + (" (the experts')" if structure.num_experts is not None else ""),
     ]
     if structure.num_experts is not None:
-        lines.append(f"Experts:              {experts_line(structure)} (top_k {_text(structure.top_k)}); "
-                     f"active parameters {_text(structure.active_params and f'{structure.active_params:,}')}")
+        lines.append(f"Experts:              {experts_line(structure).removeprefix('experts ')} "
+                     f"(top_k {_text(structure.top_k)}); active parameters "
+                     + (f"{structure.active_params:,} ({human(structure.active_params)})"
+                        if structure.active_params is not None else "- (no top_k in the config)"))
     if structure.contents is not None:
         contents = structure.contents
         lines.append(f"Nonzero parameters:   {contents.nonzero_params:,} (sparsity {contents.sparsity * 100:.2f}%"
