@@ -9,6 +9,7 @@ part of the names.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from ..records import Record
@@ -113,8 +114,9 @@ class Family(Record):
         """(bucket, role or None, module) of a tensor named `rest` relative to its layer."""
         module = _module(rest)
         role = self.layer.get(module) or COMMON_LAYER.get(module)
-        if role is None and any(character.isdigit() for character in module):
-            role = self.layer.get(NUMBER.sub(".*", module))  # per-expert (or per-head) tensors
+        if role is None:
+            numbered = NUMBER.sub(".*", module)  # per-expert (or per-head) tensors: "experts.*.w1"
+            role = self.layer.get(numbered) if numbered != module else None
         if role is not None:
             return BUCKETS[role], role, module
         if module.startswith(self.attention + "."):
@@ -157,11 +159,13 @@ class Family(Record):
 
 
 NUMBER = re.compile(r"\.\d+(?=\.|$)")
+EXPERT_NUMBER = re.compile(r"experts\.(\d+)(?:\.|$)")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names in every layer
 def expert_number(module: str) -> int | None:
     """"block_sparse_moe.experts.3.w1" -> 3; None for a stacked tensor (it holds every expert)."""
-    match = re.search(r"experts\.(\d+)(?:\.|$)", module)
+    match = EXPERT_NUMBER.search(module)
     return int(match.group(1)) if match else None
 
 

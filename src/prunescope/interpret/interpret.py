@@ -148,9 +148,8 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
     counted: list[TensorInfo] = []
     buffers: list[str] = []
     for tensor in index.tensors:
-        in_layer = LAYER_NAME.match(tensor.name)
         if tensor.is_parameter is False or (tensor.is_parameter is None and (
-                BUFFER_NAME.search(tensor.name) or (in_layer and family.is_buffer(in_layer["rest"])))):
+                BUFFER_NAME.search(tensor.name) or (family.buffers and _is_family_buffer(family, tensor.name)))):
             buffers.append(tensor.name)
         elif tensor.alias_of is None:
             counted.append(tensor)
@@ -164,6 +163,11 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
             counted = [embedding if tensor.name == target else tensor for tensor in counted]
             aliases = {**{key: value for key, value in aliases.items() if key != name}, target: name}
     return counted, buffers, aliases
+
+
+def _is_family_buffer(family: Family, name: str) -> bool:
+    in_layer = LAYER_NAME.match(name)
+    return bool(in_layer) and family.is_buffer(in_layer["rest"])
 
 
 QUANTIZED_TENSOR = re.compile(r"\.(?:qweight|qzeros|g_idx|scales|absmax|quant_map|quant_state\.[\w.]+|SCB|weight_format)$")
@@ -187,18 +191,21 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
     """The decoder stack is the `...layers.N` family holding most tensors; another one (a vision
     tower's encoder layers, say) is not decoder layers and goes to `other`."""
     sizes: dict[str, int] = {}
-    for tensor in counted:
-        match = LAYER_NAME.match(tensor.name)
+    matches = [LAYER_NAME.match(tensor.name) for tensor in counted]
+    for match in matches:
         if match:
             sizes[match["prefix"]] = sizes.get(match["prefix"], 0) + 1
     prefix = max(sizes, key=sizes.get) if sizes else ""
     layers: dict[int, list[Placed]] = {}
     outside: list[TensorInfo] = []
-    for tensor in counted:
-        match = LAYER_NAME.match(tensor.name)
+    places: dict[str, tuple] = {}  # every layer repeats the same names: place each once
+    for tensor, match in zip(counted, matches):
         if match and match["prefix"] == prefix:
             rest = match["rest"]
-            layers.setdefault(int(match["index"]), []).append((rest, tensor, *family.place(rest)))
+            place = places.get(rest)
+            if place is None:
+                place = places[rest] = family.place(rest)
+            layers.setdefault(int(match["index"]), []).append((rest, tensor, *place))
         else:
             outside.append(tensor)
     return DecoderStack(prefix=prefix, layers=layers, outside=tuple(outside))
@@ -269,9 +276,10 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     modules: dict[str, str] = {}  # role -> the tensor's full name without .weight/.bias
     transposed = []
     for rest, tensor, bucket, role, module in tensors:
-        buckets[bucket] += tensor.numel
+        numel = tensor.numel
+        buckets[bucket] += numel
         if bucket in ("attention", "mlp"):
-            projections[role] = projections.get(role, 0) + tensor.numel
+            projections[role] = projections.get(role, 0) + numel
             modules[role] = module
             if is_weight(rest):
                 weights[role] = tensor.shape
@@ -462,12 +470,9 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
     elif base_config:
         notes.append("the base model's config is not used for head_dim: it is of another family or width")
     candidates.append((_ratio(config, family), CONFIG_RATIO))
-    weights = [(role, tensor.shape) for tensors in stack.layers.values() for rest, tensor, _, role, module in tensors
-               if is_weight(rest) and tensor.shape and role in (Q, QKV, K, "q_b_proj")
-               and module not in family.transposed]
-    weights += [(role, tensor.shape[::-1]) for tensors in stack.layers.values()
-                for rest, tensor, _, role, module in tensors
-                if is_weight(rest) and tensor.shape and role in (Q, QKV, K) and module in family.transposed]
+    weights = [(role, tensor.shape[::-1] if module in family.transposed else tensor.shape)
+               for tensors in stack.layers.values() for rest, tensor, _, role, module in tensors
+               if role in (Q, QKV, K, "q_b_proj") and is_weight(rest) and tensor.shape]
     rows = [shape[0] for role, shape in weights if role != K] + [shape[0] for role, shape in weights if role == K]
     rejected = []
     for value, source in candidates:

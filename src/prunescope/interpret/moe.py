@@ -32,11 +32,12 @@ def routed_experts(placed, family: Family) -> Experts | None:
     for rest, tensor, role, module in mine:
         number = expert_number(module)
         tensors[tensor.name] = number
+        numel = tensor.numel
         shares = EXPERT_PARTS[role]
         for part in shares:
-            parts[part] = parts.get(part, 0) + tensor.numel // len(shares)
+            parts[part] = parts.get(part, 0) + numel // len(shares)
         if number is not None:  # one expert's tensor: [out, in] like nn.Linear
-            per_expert[number] = per_expert.get(number, 0) + tensor.numel
+            per_expert[number] = per_expert.get(number, 0) + numel
             if len(tensor.shape) == 2:
                 width = _width(role, tensor.shape[0], tensor.shape[1])
                 if width is not None:
@@ -44,7 +45,7 @@ def routed_experts(placed, family: Family) -> Experts | None:
             continue
         count = tensor.shape[0] if tensor.shape else 0
         for expert in range(count):  # stacked: [E, ...], every expert the same size
-            per_expert[expert] = per_expert.get(expert, 0) + tensor.numel // count
+            per_expert[expert] = per_expert.get(expert, 0) + numel // count
         if len(tensor.shape) == 3:
             out, into = tensor.shape[1:] if family.stacked.out_in else tensor.shape[:0:-1]
             width = _width(role, out, into)

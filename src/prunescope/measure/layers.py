@@ -18,51 +18,60 @@ from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
+EXPERT_SAMPLE = 512  # bytes of each expert's tensors in its fingerprint: enough to tell experts apart
 
 
 def measure_layers(structure: ModelStructure, index: TensorIndex) -> ModelStructure:
-    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer."""
+    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer (and, in MoE
+    layers, `expert_fingerprints`)."""
+    import zlib
+
     by_name = {tensor.name: tensor for tensor in index.tensors}
     layers = []
     with _Files() as files:
         for layer in structure.layers:
-            tensors = sorted((by_name[name] for name in layer.content_tensors), key=_local_name)
+            experts = layer.expert_tensors
+            tensors = sorted((by_name[name] for name in layer.content_tensors if name not in experts), key=_local_name)
             first_pages = [_first_page(tensor, files) for tensor in tensors]
-            layers.append(layer.replace(
-                is_zero_layer=all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)),
-                fingerprint=_fingerprint(tensors, first_pages),
-                expert_fingerprints=_expert_fingerprints(layer.expert_tensors, by_name, files)))
+            expert_prints = _expert_fingerprints(experts, by_name, files)
+            fingerprint = _fingerprint(tensors, first_pages)
+            if expert_prints:  # an MoE layer: its experts enter the layer's fingerprint by theirs
+                fingerprint = f"{zlib.crc32('|'.join(expert_prints).encode(), int(fingerprint, 16)):08x}"
+            # The experts' bytes are read only when everything else in the layer is zero.
+            is_zero = all(_is_all_zero(tensor, files, page) for tensor, page in zip(tensors, first_pages)) and \
+                all(_is_all_zero(by_name[name], files, b"") for name in experts)
+            layers.append(layer.replace(is_zero_layer=is_zero, fingerprint=fingerprint,
+                                        expert_fingerprints=expert_prints))
     return structure.replace(layers=tuple(layers))
 
 
 def _expert_fingerprints(expert_tensors: dict, by_name: dict, files: "_Files") -> tuple[str, ...]:
     """One fingerprint per routed expert, in the experts' order: the checksum of its tensors' names,
-    shapes and first pages. A stacked tensor [E, ...] gives each expert its slice. Empty when a
+    shapes and first bytes (an expert kept verbatim matches; random or trained weights differ in their
+    first values already). A stacked tensor [E, ...] gives each expert its slice. Empty when a
     stacked tensor is not stored in one piece (its slices cannot be located cheaply)."""
     import zlib
 
     per_expert: dict[int, int] = {}
-    for name in sorted(expert_tensors, key=lambda name: _local_name(by_name[name])):
+    for local, name in sorted((_local_name(by_name[name]), name) for name in expert_tensors):
         tensor, number = by_name[name], expert_tensors[name]
-        if number is not None:
-            page = _first_page(tensor, files)
-            per_expert[number] = zlib.crc32(page, zlib.crc32(
-                f"{_local_name(tensor)}|{tensor.dtype}|{tensor.shape}".encode(), per_expert.get(number, 0)))
-            continue
-        ranges = tensor.byte_ranges()
-        if len(ranges) != 1 or not tensor.shape or not tensor.shape[0]:
+        ranges = [(tensor.offset, tensor.numel * tensor.itemsize)] if tensor.stride is None else tensor.byte_ranges()
+        stacked = number is None
+        if not ranges or not ranges[0][1] or (stacked and (len(ranges) != 1 or not tensor.shape[0])):
             return ()
         start, length = ranges[0]
-        count = tensor.shape[0]
+        count = tensor.shape[0] if stacked else 1
         share = length // count
-        size = min(share, FIRST_READ - FIRST_READ % tensor.itemsize)
+        size = min(share, EXPERT_SAMPLE)
         for expert in range(count):
-            page = files.read(tensor.file, start + expert * share, size)
-            if len(page) != size:
+            sample = files.read(tensor.file, start + expert * share, size)
+            if len(sample) != size:
                 raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
                                       "re-save or re-download it")
-            per_expert[expert] = zlib.crc32(page, zlib.crc32(
-                f"{_local_name(tensor)}|{tensor.dtype}|{tensor.shape[1:]}".encode(), per_expert.get(expert, 0)))
+            key = expert if stacked else number
+            shape = tensor.shape[1:] if stacked else tensor.shape
+            per_expert[key] = zlib.crc32(sample, zlib.crc32(
+                f"{local}|{tensor.dtype}|{shape}".encode(), per_expert.get(key, 0)))
     return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
 
