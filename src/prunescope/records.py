@@ -13,6 +13,7 @@ class Record:
     """Fields come from the class annotations (base classes first); instances are immutable."""
 
     _fields: tuple[str, ...] = ()
+    _field_names: frozenset = frozenset()
     _defaults: dict = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -23,21 +24,22 @@ class Record:
                 if not name.startswith("_") and name not in fields:
                     fields.append(name)
         cls._fields = tuple(fields)
+        cls._field_names = frozenset(fields)
         cls._defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
 
     def __init__(self, *args, **kwargs):
+        # Dict merges instead of a loop over the fields: readers build one record per tensor (a
+        # Mixtral-8x7B header has a thousand), so this is on the header-only path's budget.
         if len(args) > len(self._fields):
             raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields, got {len(args)}")
-        values = dict(zip(self._fields, args))
-        for name, value in kwargs.items():
-            if name not in self._fields or name in values:
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {name!r}")
-            values[name] = value
-        for name in self._fields:
-            if name not in values:
-                if name not in self._defaults:
-                    raise TypeError(f"{type(self).__name__}: missing field {name!r}")
-                values[name] = self._defaults[name]
+        values = dict(zip(self._fields, args)) if args else {}
+        if not self._field_names.issuperset(kwargs) or not values.keys().isdisjoint(kwargs):
+            wrong = next(name for name in kwargs if name not in self._field_names or name in values)
+            raise TypeError(f"{type(self).__name__}: unexpected or repeated field {wrong!r}")
+        values = {**self._defaults, **values, **kwargs}
+        if len(values) != len(self._fields):
+            missing = next(name for name in self._fields if name not in values)
+            raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
         self.__dict__.update(values)
 
     def __setattr__(self, name, value):
