@@ -135,6 +135,8 @@ def test_family_chosen_by_config_then_classes_then_tensor_names(tmp_path):
 # Granite. Each is checked field by field against the module transformers builds (oracle.check_family),
 # unpruned and pruned with real operations on the module, which must still run before it is written.
 
+import json  # noqa: E402
+
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import (BloomConfig, BloomForCausalLM, FalconConfig, FalconForCausalLM, GPT2Config,  # noqa: E402
@@ -226,8 +228,15 @@ def test_gpt2_and_its_heads_pruned_per_layer(tmp_path):
     structure = save_and_analyse(model, tmp_path, "pruned")
     check_family(structure, model, gpt2_family(model))
     assert [layer["attention"]["num_heads"] for layer in structure["layers"]] == [3, 1, 4]
-    assert {m["field"]: m["per_layer"] for m in structure["config_mismatches"]}["num_attention_heads"] == \
-        {"0": 3, "1": 1}
+    # config.pruned_heads says which heads each layer lost: the shapes agree, so nothing is stale
+    assert structure["config_mismatches"] == []
+    assert any("pruned_heads" in note and "[0, 1]" in note for note in structure["notes"])
+    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    config["pruned_heads"] = {"0": [1, 2]}  # wrong for layer 0 (it lost one head), silent on layer 1
+    (tmp_path / "pruned" / "config.json").write_text(json.dumps(config))
+    structure = structure_to_dict(analyse_path(str(tmp_path / "pruned")).structure)
+    fields = {m["field"]: m["per_layer"] for m in structure["config_mismatches"]}
+    assert fields["pruned_heads"] == {"0": 3} and fields["num_attention_heads"] == {"1": 1}
 
 
 def test_gpt2_hub_layout_buffers_are_not_parameters(tmp_path):

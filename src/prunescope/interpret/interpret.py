@@ -585,6 +585,11 @@ def _with_mismatches(structure: ModelStructure, config: dict, family: Family) ->
     # Layers whose attention or MLP prunescope could not place (unknown families) say nothing here.
     with_attention = [layer for layer in layers if layer.attention.total]
     with_mlp = [layer for layer in layers if layer.mlp.total]
+    explained, judged = _pruned_heads_agree(config, heads, with_attention, mismatches)
+    notes = list(structure.notes)
+    if explained:
+        notes.append(f"config pruned_heads says which heads layers {explained} lost, and the shapes agree")
+    with_attention = [layer for layer in with_attention if layer.layer_idx not in judged]
     check("num_attention_heads", heads, [(layer.layer_idx, layer.attention.num_heads) for layer in with_attention])
     check("num_key_value_heads", _configured_kv_heads(config, family),
           [(layer.layer_idx, layer.attention.num_kv_heads) for layer in with_attention
@@ -605,4 +610,27 @@ def _with_mismatches(structure: ModelStructure, config: dict, family: Family) ->
         configured = family.config_value(config, size)
         if configured is not None and actual is not None and configured != actual:
             mismatches.append({"field": field_name, "config": configured, "actual": actual, "layers": []})
-    return structure.replace(config_mismatches=tuple(mismatches)) if mismatches else structure
+    return structure.replace(config_mismatches=tuple(mismatches), notes=tuple(notes))
+
+
+def _pruned_heads_agree(config: dict, heads: int | None, layers, mismatches: list) -> tuple[list[int], set[int]]:
+    """(layers whose head count is what config.pruned_heads says, every layer it speaks of). Head pruning
+    through transformers' prune_heads writes it (layer -> removed heads); a layer it gets wrong is a
+    `pruned_heads` mismatch."""
+    pruned = config.get("pruned_heads")
+    if not isinstance(pruned, dict) or not pruned or heads is None:
+        return [], set()
+    agree, judged = [], set()
+    for layer in layers:
+        removed = pruned.get(str(layer.layer_idx), pruned.get(layer.layer_idx))
+        if not isinstance(removed, list):
+            continue
+        expected = heads - len(set(removed))
+        judged.add(layer.layer_idx)
+        if layer.attention.num_heads == expected:
+            agree.append(layer.layer_idx)
+        elif layer.attention.num_heads is not None:
+            mismatches.append({"field": "pruned_heads", "config": expected, "actual": layer.attention.num_heads,
+                               "layers": [layer.layer_idx],
+                               "per_layer": {str(layer.layer_idx): layer.attention.num_heads}})
+    return agree, judged
