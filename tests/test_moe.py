@@ -181,6 +181,7 @@ def test_deepseek_latent_attention_and_dense_first_layer(tmp_path):
             (config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim)
     assert "num_experts" not in structure["layers"][0]["mlp"]  # first_k_dense_replace: a plain MLP
     assert structure["num_experts"] == [0, 4, 4]
+    assert structure_to_dict(structure_from_dict(structure)) == structure  # the mla objects round-trip
 
     lite = DeepseekV2ForCausalLM(DeepseekV2Config(
         **MHA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, n_shared_experts=1,
