@@ -216,3 +216,46 @@ def test_sparsity_counts_each_expert(tmp_path, form):
     assert mlp["expert_nm"][2] == {"2:4": 1.0, "4:8": 1.0} and mlp["expert_nm"][0]["2:4"] < 1
     assert mlp["nonzero"] == sum(int((p != 0).sum()) for p in model.model.layers[0].mlp.parameters())
     assert structure_to_dict(structure_from_dict(structure)) == structure
+
+
+def test_experts_changed_after_pruning_are_paired_by_position_and_said_so(tmp_path):
+    model = MOE["mixtral"][0]().eval()
+    model.save_pretrained(tmp_path / "base")
+    remove_experts(model, {0: [0, 1, 3]})
+    with torch.no_grad():  # retrained after pruning: no expert is the base's any more
+        for parameter in model.model.layers[0].mlp.experts.parameters():
+            parameter.add_(1.0)
+    runs(model)
+    model.save_pretrained(tmp_path / "pruned")
+    layer = comparison_to_dict(compare(analysed(tmp_path / "base"), analysed(tmp_path / "pruned")))["layers"][0]
+    assert layer["experts"]["method"] == "position" and "guess" in layer["experts"]["note"]
+    assert layer["experts"]["removed"] == [3] and layer["experts"]["kept"] == [0, 1, 2]
+
+
+def test_experts_of_different_widths(tmp_path):
+    """Channels pruned inside single experts (a file-level operation: transformers' stacked experts cannot
+    hold experts of different widths): expert_intermediate_size is a list, active_params the mean expert's."""
+    from safetensors.torch import load_file, save_file
+
+    model = MOE["mixtral"][0]().eval()
+    model.save_pretrained(tmp_path / "dense")
+    tensors = load_file(tmp_path / "dense" / "model.safetensors")
+    prefix = "model.layers.1.block_sparse_moe.experts.2."
+    kept = list(range(0, 48, 2))  # expert 2 of layer 1 keeps 24 of its 48 channels
+    tensors[prefix + "w1.weight"] = tensors[prefix + "w1.weight"][kept].contiguous()
+    tensors[prefix + "w3.weight"] = tensors[prefix + "w3.weight"][kept].contiguous()
+    tensors[prefix + "w2.weight"] = tensors[prefix + "w2.weight"][:, kept].contiguous()
+    (tmp_path / "channels").mkdir()
+    save_file(tensors, str(tmp_path / "channels" / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "channels" / "config.json").write_text((tmp_path / "dense" / "config.json").read_text())
+    structure = structure_to_dict(analysed(tmp_path / "channels"))
+    total = sum(tensor.numel() for tensor in tensors.values())
+    assert structure["total_params"] == total
+    mlp = structure["layers"][1]["mlp"]
+    assert mlp["expert_intermediate_size"] == [48, 48, 24, 48]
+    experts = sum(tensor.numel() for name, tensor in tensors.items() if ".layers.1.block_sparse_moe.experts." in name)
+    assert mlp["experts"] == experts
+    per_layer = [sum(t.numel() for n, t in tensors.items() if f".layers.{i}.block_sparse_moe.experts." in n)
+                 for i in range(3)]
+    assert structure["active_params"] == total + sum(round(2 * e / 4) - e for e in per_layer)
+    assert any("mean expert" in note and "[1]" in note for note in structure["notes"])
