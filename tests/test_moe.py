@@ -259,3 +259,28 @@ def test_experts_of_different_widths(tmp_path):
                  for i in range(3)]
     assert structure["active_params"] == total + sum(round(2 * e / 4) - e for e in per_layer)
     assert any("mean expert" in note and "[1]" in note for note in structure["notes"])
+
+
+def test_deepseek_v3_hub_multi_token_prediction_layer(tmp_path):
+    """DeepSeek-V3's Hub files hold one more layer after the stack, the MTP module (enorm, hnorm, eh_proj,
+    shared_head beside a full decoder layer): counted, noted, and not a stale num_hidden_layers."""
+    from safetensors.torch import load_file, save_file
+
+    model = MOE["deepseek_v3"][0]().eval()
+    model.save_pretrained(tmp_path / "v3")
+    tensors = load_file(tmp_path / "v3" / "model.safetensors")
+    hidden = model.config.hidden_size
+    mtp = {name.replace("layers.2.", "layers.3."): tensor.clone() for name, tensor in tensors.items() if ".layers.2." in name}
+    mtp.update({"model.layers.3.enorm.weight": torch.ones(hidden), "model.layers.3.hnorm.weight": torch.ones(hidden),
+                "model.layers.3.eh_proj.weight": torch.zeros(hidden, 2 * hidden),
+                "model.layers.3.shared_head.norm.weight": torch.ones(hidden)})
+    (tmp_path / "hub").mkdir()
+    save_file({**tensors, **mtp}, str(tmp_path / "hub" / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "hub" / "config.json").write_text((tmp_path / "v3" / "config.json").read_text())
+    structure = structure_to_dict(analysed(tmp_path / "hub"))
+    buffers = [name for name in {**tensors, **mtp} if name.endswith("e_score_correction_bias")]
+    assert structure["total_params"] == model.num_parameters() + sum(
+        tensor.numel() for name, tensor in mtp.items() if name not in buffers)
+    assert sorted(structure["buffers"]) == sorted(buffers)
+    assert not [m for m in structure["config_mismatches"] if m["field"] == "num_hidden_layers"]
+    assert any("multi-token-prediction" in note and "[3]" in note for note in structure["notes"])

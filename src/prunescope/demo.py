@@ -31,7 +31,7 @@ def run_demo(directory: str) -> int:
                        device="cpu")
     print()
     status = max(status, run_report(output_dir, models_dir=models_dir))
-    print(f"\nA Mixture-of-Experts study: a base Mixtral in moe/base/, experts pruned per layer in moe/models/\n")
+    print("\nA Mixture-of-Experts study: a base Mixtral in moe/base/, experts pruned per layer in moe/models/\n")
     moe = os.path.join(directory, "moe")
     return max(status, run_batch(os.path.join(moe, "models"), base_model=os.path.join(moe, "base", "Mixtral-demo"),
                                  output_dir=os.path.join(moe, "baselines_analysis"), sparsity=True, device="cpu"))

@@ -36,6 +36,9 @@ SHARED_EXPERT = "shared_experts"  # always-active experts and the gate scaling t
 
 # -- Multi-head latent attention (DeepSeek-V2/V3): the tensor groups, by their own names ------------
 MLA_PARTS = ("q_a_proj", "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj")
+# A multi-token-prediction module stored as one more layer after the decoder stack (DeepSeek-V3's Hub
+# files): its own tensors mark it; it is counted, but it is not one of the config's layers.
+MTP = "mtp"
 
 # -- roles outside the decoder stack ------------------------------------------------------------
 EMBEDDING, POSITIONS, LM_HEAD, FINAL_NORM = "embedding", "position_embedding", "lm_head", "final_norm"
@@ -47,7 +50,7 @@ EMBEDDING_NORM = "embedding_norm"  # a norm right after the embedding (Bloom's w
 BUCKETS = {Q: "attention", K: "attention", V: "attention", O: "attention", QKV: "attention",
            GATE: "mlp", UP: "mlp", DOWN: "mlp", GATE_UP: "mlp",
            Q_NORM: "qk_norm", K_NORM: "qk_norm", NORM: "norm", SHORTCUT: "shortcut",
-           ROUTER: "router", SHARED_EXPERT: "shared_experts",
+           ROUTER: "router", SHARED_EXPERT: "shared_experts", MTP: "other",
            **{role: "experts" for role in EXPERT_PARTS}, **{part: "mla" for part in MLA_PARTS}}
 ATTENTION_BUCKETS = ("attention", "qk_norm", "mla", "attention_other")
 MLP_BUCKETS = ("mlp", "router", "experts", "shared_experts", "mlp_other")

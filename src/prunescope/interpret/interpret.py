@@ -12,8 +12,8 @@ import re
 from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_prefix, first_architecture,
                         model_type_from_classes, short_class)
 from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, EMBEDDING_NORM, FINAL_NORM, GATE, GATE_UP,
-                             HALVES as HALVES_SPLIT, HEADS, MULTI_QUERY, PER_HEAD, PER_KV_GROUP, K, LM_HEAD, O, POSITIONS, Q, Q_NORM, QKV,
-                             UP, V, Family, is_weight)
+                             HALVES, LM_HEAD, MTP, MULTI_QUERY, PER_HEAD, PER_KV_GROUP, POSITIONS, K, O, Q, Q_NORM,
+                             QKV, UP, V, Family, is_weight)
 from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
 from .mla import latent_attention
@@ -93,6 +93,10 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
         layers.append(layer)
         residual_widths.append(residual_width)
+    extra = [idx for idx in sorted(stack.layers) if any(placed[3] == MTP for placed in stack.layers[idx])]
+    if extra:
+        notes.append(f"layers {extra} are multi-token-prediction modules, not decoder layers of the config: counted "
+                     "in total_params (they are in the file) though transformers does not load them")
     indices = sorted(stack.layers)
     if indices and indices != list(range(indices[0], indices[0] + len(indices))):
         missing = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
@@ -137,7 +141,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     if moe_layers:
         structure = structure.replace(active_params=active_params(structure, structure.top_k, notes),
                                       notes=tuple(notes))
-    return _with_mismatches(structure, config, family)
+    return _with_mismatches(structure, config, family, len(extra))
 
 
 # -- 1) which tensors are parameters ----------------------------------------------------------
@@ -381,7 +385,7 @@ def _split_fused(fused, description, projections, rows, head_dim, config, family
     when the rows cannot be divided."""
     count = projections.pop(fused)
     total_rows = rows.pop(fused, None)
-    if description.split == HALVES_SPLIT:
+    if description.split == HALVES:
         ranges = ((description.parts[0], 0, total_rows // 2), (description.parts[1], total_rows // 2, total_rows)) \
             if total_rows else None
     else:
@@ -560,7 +564,7 @@ def _dtype_counts(tensors) -> dict[str, int]:
     return counts
 
 
-def _with_mismatches(structure: ModelStructure, config: dict, family: Family) -> ModelStructure:
+def _with_mismatches(structure: ModelStructure, config: dict, family: Family, extra_layers: int = 0) -> ModelStructure:
     """Where the config's numbers disagree with the shapes, say so (pruning tools leave configs stale)."""
     if not config:
         return structure
@@ -578,8 +582,8 @@ def _with_mismatches(structure: ModelStructure, config: dict, family: Family) ->
                                "per_layer": {str(idx): value for idx, value in sorted(differing.items())}})
 
     configured_layers = family.config_value(config, "layers")
-    if configured_layers is not None and configured_layers != len(layers):
-        mismatches.append({"field": "num_hidden_layers", "config": configured_layers, "actual": len(layers),
+    if configured_layers is not None and configured_layers != len(layers) - extra_layers:
+        mismatches.append({"field": "num_hidden_layers", "config": configured_layers, "actual": len(layers) - extra_layers,
                            "layers": []})
     heads = family.config_value(config, "heads")
     # Layers whose attention or MLP prunescope could not place (unknown families) say nothing here.
