@@ -131,7 +131,7 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         f"Heads per layer:      {value_range(layer.attention.num_heads for layer in layers)}"
         f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
         f"Intermediate size:    {value_range(width for layer in layers for width in widths(layer))}"
-        + (" (the experts')" if structure.num_experts is not None else ""),
+        + (" (in MoE layers, the experts')" if structure.num_experts is not None else ""),
     ]
     if structure.num_experts is not None:
         lines.append(f"Experts:              {experts_line(structure).removeprefix('experts ')} "
