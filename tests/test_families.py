@@ -139,7 +139,8 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import (BloomConfig, BloomForCausalLM, FalconConfig, FalconForCausalLM, GPT2Config,  # noqa: E402
+from transformers import (BloomConfig, BloomForCausalLM, FalconConfig, FalconForCausalLM, Gemma3ForCausalLM,  # noqa: E402
+                          Gemma3TextConfig, GPT2Config,
                           GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM,
                           GraniteConfig, GraniteForCausalLM, Olmo2Config, Olmo2ForCausalLM, OlmoConfig,
                           OlmoForCausalLM, StableLmConfig, StableLmForCausalLM)
@@ -493,6 +494,10 @@ LLAMA_LIKE = {
               ("post_attention_layernorm", "post_feedforward_layernorm"), ("q_norm", "k_norm")),
     "granite": (lambda: GraniteForCausalLM(GraniteConfig(**TINY, num_key_value_heads=2)),
                 ("input_layernorm", "post_attention_layernorm"), ()),
+    # Gemma-3: heads wider than hidden/heads (config.head_dim) and per-head q/k norms [head_dim]
+    "gemma3_text": (lambda: Gemma3ForCausalLM(Gemma3TextConfig(**TINY, num_key_value_heads=2, head_dim=16)),
+                    ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                       "post_feedforward_layernorm"), ("q_norm", "k_norm")),
 }
 
 
