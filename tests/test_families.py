@@ -561,3 +561,36 @@ def test_gpt2_conv1d_sparsity_reads_outputs_as_columns(tmp_path):
     assert got["mlp"]["effective_intermediate_size"] == layer.mlp.c_fc.weight.shape[1] - 1
     assert got["nonzero"] == sum(int((p != 0).sum()) for p in layer.parameters())
     assert structure["layers"][1]["attention"]["effective_heads"] == 4
+
+
+@pytest.mark.parametrize("variant", ["neox", "falcon_new_architecture"])
+def test_sparsity_splits_interleaved_qkv_per_part(tmp_path, variant):
+    """--sparsity on an interleaved fused query_key_value: each part's nonzeros come from its own rows
+    (per head in GPT-NeoX, per KV group in Falcon's new architecture); a zeroed head is found."""
+    from prunescope.pipeline import ScanOptions
+
+    if variant == "neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**TINY)).eval()
+        attention = model.gpt_neox.layers[0].attention
+        fused, dense, head_dim = attention.query_key_value, attention.dense, attention.head_size
+        view, index = (-1, 3, head_dim), ((slice(None), 0), (slice(None), 1), (slice(None), 2))
+        q_rows_of_head = lambda head: slice(head * 3 * head_dim, head * 3 * head_dim + head_dim)  # noqa: E731
+    else:
+        model = FalconForCausalLM(FalconConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                               vocab_size=64, **FALCONS["new_architecture"])).eval()
+        attention = model.transformer.h[0].self_attention
+        fused, dense, head_dim = attention.query_key_value, attention.dense, attention.head_dim
+        view, index = (-1, 4, head_dim), ((slice(None), slice(0, 2)), (slice(None), 2), (slice(None), 3))
+        q_rows_of_head = lambda head: slice((head // 2) * 4 * head_dim + (head % 2) * head_dim,  # noqa: E731
+                                            (head // 2) * 4 * head_dim + (head % 2 + 1) * head_dim)
+    with torch.no_grad():
+        fused.weight[q_rows_of_head(1)] = 0  # head 1's queries
+        dense.weight[:, head_dim:2 * head_dim] = 0  # and its output columns
+        fused.weight.view(*view, fused.weight.shape[-1])[index[1]][..., ::3] = 0  # some key weights
+    model.save_pretrained(tmp_path / "m")
+    structure = structure_to_dict(analyse_path(str(tmp_path / "m"), scan=ScanOptions(device="cpu")).structure)
+    got = structure["layers"][0]["attention"]
+    for name, part in zip(("q_proj", "k_proj", "v_proj"), index):
+        weight = fused.weight.view(*view, fused.weight.shape[-1])[part]
+        assert got[f"{name}_nonzero"] == int((weight != 0).sum()), name
+    assert got["effective_heads"] == 3

@@ -376,17 +376,24 @@ def _complies(contents: TensorContents, pattern: str) -> bool:
 
 
 def _split_fused_nonzero(layer, weights: dict, weight_names: dict, per_projection: dict) -> None:
-    """Phi-3's qkv_proj / gate_up_proj: nonzeros, N:M groups and zero rows per part, from the per-row
-    counts, divided where stage 3 divided the rows (input columns are shared by the parts, so zero
-    columns stay with the fused weight; a fused bias is not split)."""
+    """Fused qkv_proj / gate_up_proj (Phi-3, GPT-NeoX, Falcon, Bloom): nonzeros, N:M groups and zero
+    rows per part, from the per-row counts, divided where stage 3 divided the rows; a part may own
+    several interleaved ranges (one per head or KV group), taken in order. Input columns are shared by
+    the parts, so zero columns stay with the fused weight; a fused bias is not split."""
+    import numpy as np
+
     parts = {role: layer.fused_rows[name] for role, name in weight_names.items() if name in layer.fused_rows}
     for fused, pieces in parts.items():
         whole = weights.pop(fused)
         per_projection.pop(fused, None)
         width_groups = {pattern: total // max(1, len(whole.row_nonzero)) for pattern, (_, total) in whole.nm_groups.items()}
+        rows_of: dict[str, list[int]] = {}
         for role, start, end in pieces:
-            row_nonzero = whole.row_nonzero[start:end]
-            groups = {pattern: (int(per_row[start:end].sum()), (end - start) * width_groups[pattern])
+            rows_of.setdefault(role, []).extend(range(start, end))
+        for role, rows in rows_of.items():
+            index = np.asarray(rows, dtype=np.int64)
+            row_nonzero = whole.row_nonzero[index]
+            groups = {pattern: (int(per_row[index].sum()), len(rows) * width_groups[pattern])
                       for pattern, per_row in whole.row_compliant.items()}
             per_projection[role] = int(row_nonzero.sum())
             weights[role] = TensorContents(role, 0, per_projection[role], groups, row_nonzero, None)
