@@ -284,3 +284,21 @@ def test_deepseek_v3_hub_multi_token_prediction_layer(tmp_path):
     assert sorted(structure["buffers"]) == sorted(buffers)
     assert not [m for m in structure["config_mismatches"] if m["field"] == "num_hidden_layers"]
     assert any("multi-token-prediction" in note and "[3]" in note for note in structure["notes"])
+
+
+def test_torch_saved_state_dicts_of_moe_models(tmp_path):
+    """torch.save(model.state_dict()) (what many expert-pruning scripts write): stacked experts as in
+    memory, read through the torch archive reader, with and without a base config; --sparsity reads them."""
+    from prunescope.pipeline import ScanOptions
+
+    model = MOE["qwen2_moe"][0]().eval()
+    remove_experts(model, {0: [1, 2, 3]})
+    runs(model)
+    torch.save(model.state_dict(), tmp_path / "pruned_model.bin")
+    for base_config in (model.config.to_dict(), None):
+        structure = structure_to_dict(analyse_path(str(tmp_path / "pruned_model.bin"), base_config,
+                                                   scan=ScanOptions(device="cpu")).structure)
+        assert structure["total_params"] == model.num_parameters()
+        assert structure["num_experts"] == [3, 4, 0]
+        assert structure["layers"][0]["mlp"]["experts"] == count(model.model.layers[0].mlp.experts)
+        assert len(structure["layers"][0]["mlp"]["expert_nonzero"]) == 3
