@@ -14,8 +14,11 @@ subprocess:
 For each we report whole-process CPU time (user+sys) and peak RSS of that child, median of a few runs,
 and check the targets: one <= 2x bare CPU, batch <= 1.0 s CPU, peak RSS < 100 MB.
 
+With --shape mixtral-8x7b the checkpoint is Mixtral-8x7B's (46.7B parameters, 19 shards, 8 experts
+per layer written per expert as on the Hub): the same targets hold for Mixture-of-Experts files.
+
 Usage:
-    python benchmarks/bench_analyze.py [--models 50] [--repeat 10] [--keep] [--strict]
+    python benchmarks/bench_analyze.py [--shape llama-3-8b|mixtral-8x7b] [--models 50] [--repeat 10] [--keep] [--strict]
 """
 
 import argparse
@@ -61,6 +64,36 @@ CONFIG = {
     "use_cache": True,
     "vocab_size": 128256,
 }
+# Mixtral-8x7B, exactly as on the Hub (mistralai/Mixtral-8x7B-v0.1 config.json)
+MIXTRAL_CONFIG = {
+    "architectures": ["MixtralForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mixtral",
+    "num_attention_heads": 32,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1e6,
+    "router_aux_loss_coef": 0.02,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.36.0.dev0",
+    "use_cache": True,
+    "vocab_size": 32000,
+}
+SHAPES = {"llama-3-8b": ("Llama-3-8B", CONFIG, common.llama_tensors),
+          "mixtral-8x7b": ("Mixtral-8x7B", MIXTRAL_CONFIG, common.mixtral_tensors)}
 BYTES_PER_PARAM = 2  # bf16
 MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's long-standing default "5GB"; gives Llama-3-8B's 4 shards
 NONZERO_PREFIX = b"\x3f" * 64  # real weights are nonzero: lets the zero-layer scan stop at its first read
@@ -100,10 +133,10 @@ def write_safetensors(path, tensors):
         f.truncate(data_start + offset)  # full size, sparse: the rest reads as zeros, costs no disk
 
 
-def build_shards(folder):
-    """The 4 shard files, written once; every model folder hardlinks them. Returns (shard names, index)."""
+def build_shards(folder, tensors):
+    """The shard files (4 for Llama-3-8B), written once; every model folder hardlinks them. Returns
+    (shard names, index)."""
     os.makedirs(folder)
-    tensors = common.llama_tensors(CONFIG)
     shards = split_into_shards(tensors, MAX_SHARD_BYTES)
     names, weight_map = [], {}
     for k, shard in enumerate(shards, 1):
@@ -116,12 +149,12 @@ def build_shards(folder):
     return names, index
 
 
-def make_model(folder, shard_dir, shard_names, index):
+def make_model(folder, shard_dir, shard_names, index, config):
     """One model folder: its own config.json and index (prunescope writes analysis/ into it),
     shards hardlinked to the one sparse copy (so 50 models cost no extra disk or build time)."""
     os.makedirs(folder)
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(CONFIG, f, indent=2)
+        json.dump(config, f, indent=2)
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump(index, f, indent=2)
     for name in shard_names:
@@ -176,6 +209,7 @@ def measure(label, cmd, repeat, root, env=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="llama-3-8b", help="the checkpoint's shape")
     parser.add_argument("--models", type=int, default=50, help="models in the batch (default 50)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement, median kept (default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints and outputs")
@@ -187,17 +221,19 @@ def main():
 
 def run(args, root):
     # build the data
+    label, config, tensors_of = SHAPES[args.shape]
+    tensors = tensors_of(config)
     shard_dir = os.path.join(root, "shards")
-    shard_names, index = build_shards(shard_dir)
+    shard_names, index = build_shards(shard_dir, tensors)
     one_dir, batch_dir = os.path.join(root, "one"), os.path.join(root, "batch")
-    one_model = os.path.join(one_dir, "llama-3-8b")
-    make_model(one_model, shard_dir, shard_names, index)
+    one_model = os.path.join(one_dir, args.shape)
+    make_model(one_model, shard_dir, shard_names, index, config)
     for k in range(args.models):
-        make_model(os.path.join(batch_dir, f"llama-3-8b-{k:03d}"), shard_dir, shard_names, index)
-    expected = sum(common.numel(s) for _, s in common.llama_tensors(CONFIG))
+        make_model(os.path.join(batch_dir, f"{args.shape}-{k:03d}"), shard_dir, shard_names, index, config)
+    expected = sum(common.numel(s) for _, s in tensors)
     sizes = [os.path.getsize(os.path.join(shard_dir, n)) for n in shard_names]
     on_disk = sum(os.stat(os.path.join(shard_dir, n)).st_blocks * 512 for n in shard_names)
-    print(f"checkpoint: Llama-3-8B shape, {expected:,} parameters, {len(sizes)} shards "
+    print(f"checkpoint: {label} shape, {expected:,} parameters, {len(sizes)} shards "
           f"({', '.join(f'{s / 1e9:.2f}' for s in sizes)} GB; {on_disk / 2**20:.1f} MB actually on disk)")
     print(f"batch: {args.models} model folders, shards hardlinked; {args.repeat} timed runs each (median)")
     print(f"prunescope measured: {os.path.dirname(importlib.util.find_spec('prunescope').origin)}")
@@ -253,6 +289,9 @@ def run(args, root):
         (f"prunescope model_structure.json total_params == {expected:,}", structure["total_params"] == expected),
         ("prunescope: 32 layers, none flagged all-zero",
          len(structure["layers"]) == 32 and not any(layer["is_zero_layer"] for layer in structure["layers"])),
+        *([("prunescope: 8 experts in every layer, active_params = total - 6 experts per layer",
+            structure["num_experts"] == [8] * 32 and structure["active_params"] == expected - 32 * 6 * 3 * 4096 * 14336)]
+          if args.shape == "mixtral-8x7b" else []),
         (f"prunescope batch: {args.models} models analysed (not reused), each total_params == {expected:,}",
          len(batch["models"]) == args.models and all(
              r["status"] == "analysed" and not r["reused"] and r["total_params"] == expected for r in batch["models"])),

@@ -33,6 +33,26 @@ def llama_tensors(c):
     return tensors
 
 
+def mixtral_tensors(c):
+    """Mixtral's tensors as its Hub files name them: the router `block_sparse_moe.gate` and per expert
+    w1 (gate), w3 (up), w2 (down), in state_dict order."""
+    h, i, v, experts = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_local_experts"]
+    head_dim = h // c["num_attention_heads"]
+    kv = c["num_key_value_heads"] * head_dim
+    tensors = [("model.embed_tokens.weight", (v, h))]
+    for n in range(c["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        tensors += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                    (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
+                    (p + "block_sparse_moe.gate.weight", (experts, h))]
+        for e in range(experts):
+            q = f"{p}block_sparse_moe.experts.{e}."
+            tensors += [(q + "w1.weight", (i, h)), (q + "w2.weight", (h, i)), (q + "w3.weight", (i, h))]
+        tensors += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
+    tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    return tensors
+
+
 def numel(shape):
     n = 1
     for d in shape:

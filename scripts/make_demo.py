@@ -76,11 +76,33 @@ def main():
             json.dump({"results": {"piqa": {"acc,none": scores[0] - 0.01, "acc_norm,none": scores[0]},
                                    "arc_easy": {"acc,none": scores[1] + 0.01, "acc_norm,none": scores[1]}}},
                       handle, indent=2)
+    make_moe_demo()
     for root, _, files in os.walk(TARGET):
         for name in files:
             if name == "generation_config.json":
                 os.unlink(os.path.join(root, name))
     print("demo written to", os.path.abspath(TARGET))
+
+
+MOE_SHAPE = dict(hidden_size=32, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+                 num_hidden_layers=3, vocab_size=64, max_position_embeddings=64, num_local_experts=8,
+                 num_experts_per_tok=2)
+
+
+def make_moe_demo():
+    """A second, Mixture-of-Experts study: a base Mixtral and the same model with experts removed per
+    layer (8 -> 6/8/4, router rows removed with them, num_local_experts left stale), written per expert
+    as save_pretrained does."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    base = MixtralForCausalLM(MixtralConfig(**MOE_SHAPE)).to(torch.bfloat16).eval()
+    base.save_pretrained(os.path.join(TARGET, "moe", "base", "Mixtral-demo"))
+    pruned = MixtralForCausalLM(MixtralConfig(**MOE_SHAPE)).to(torch.bfloat16).eval()
+    pruned.load_state_dict(base.state_dict())
+    builders.remove_experts(pruned, {0: [0, 1, 2, 4, 5, 7], 2: [1, 3, 6, 7]})
+    with torch.no_grad():
+        pruned(torch.tensor([[1, 2, 3]]), use_cache=False)  # still runs
+    pruned.save_pretrained(os.path.join(TARGET, "moe", "models", "Mixtral-experts_6-8-4"))
 
 
 if __name__ == "__main__":

@@ -80,3 +80,25 @@ def remove_layers(model, indices: list[int]) -> None:
     """ShortGPT/SLEB: delete decoder layers; the ModuleList renumbers, the config stays stale."""
     for index in sorted(indices, reverse=True):
         del model.model.layers[index]
+
+
+def remove_experts(model, plan: dict[int, list[int]], block: str = "mlp", router_name: str = "gate") -> None:
+    """Expert pruning as NAEE does it, per layer: keep some experts' slices of the stacked expert tensors
+    and their router rows (and their routing bias, DeepSeek-V3); the config's expert count is left as
+    it was (stale). `plan`: layer index -> the experts kept, in order."""
+    for layer_idx, kept in plan.items():
+        module = getattr(model.model.layers[layer_idx], block)
+        experts, router = module.experts, getattr(module, router_name)
+        with torch.no_grad():
+            for attr in ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"):
+                if hasattr(experts, attr):
+                    setattr(experts, attr, nn.Parameter(getattr(experts, attr)[kept].clone()))
+            for attr in ("weight", "bias"):
+                if isinstance(getattr(router, attr, None), nn.Parameter):
+                    setattr(router, attr, nn.Parameter(getattr(router, attr)[kept].clone()))
+            if hasattr(router, "e_score_correction_bias"):
+                router.e_score_correction_bias = router.e_score_correction_bias[kept].clone()
+        for holder in (experts, router, module):  # the modules' own counts, which their forward uses
+            for attr in ("num_experts", "n_routed_experts", "num_local_experts"):
+                if isinstance(getattr(holder, attr, None), int):
+                    setattr(holder, attr, len(kept))

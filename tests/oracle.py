@@ -89,3 +89,46 @@ def zero_layer_(layer: nn.Module, negative: bool = False) -> None:
                 if negative:
                     flat = parameter.view(-1)
                     flat[::2] = -0.0
+
+
+# -- per-family oracles ----------------------------------------------------------------------------
+# A test describes its family as a map from the schema's names to functions of transformers' own
+# modules (written in the test from the module attributes, not from prunescope's tables):
+#   {"layers": model -> decoder layers, "attention": {field: layer -> value}, "mlp": {...},
+#    "layer": {field: layer -> value}, "model": {field: model -> value}}
+
+
+def check_family(structure_dict: dict, model, family: dict) -> None:
+    """Every field `family` names equals what the module says, layer by layer; totals are the module's."""
+    assert structure_dict["total_params"] == model.num_parameters()
+    assert structure_dict["total_params"] == sum(p.numel() for _, p in model.named_parameters())
+    for field, value in family.get("model", {}).items():
+        assert structure_dict[field] == value(model), field
+    layers = list(family["layers"](model))
+    assert structure_dict["layer_summary"]["num_layers"] == len(layers)
+    assert structure_dict["layer_summary"]["total_layer_params"] == sum(count(layer) for layer in layers)
+    for got, layer in zip(structure_dict["layers"], layers, strict=True):
+        assert got["total"] == count(layer), got["layer_idx"]
+        for field, value in family.get("layer", {}).items():
+            assert got[field] == value(layer), (got["layer_idx"], field)
+        for section in ("attention", "mlp"):
+            for field, value in family[section].items():
+                assert got[section].get(field) == value(layer), (got["layer_idx"], section, field)
+
+
+def rows_of(weight: torch.Tensor, bias: torch.Tensor | None, rows) -> int:
+    """Parameters of some output rows of a Linear (weight and bias)."""
+    rows = list(rows)
+    return weight[rows].numel() + (bias[rows].numel() if bias is not None else 0)
+
+
+def active_params(model, routed_experts, top_k: int) -> int:
+    """Parameters one token meets: all but the routed experts, plus top_k experts per MoE layer.
+    `routed_experts(layer)` gives (parameters of the layer's routed experts, how many) or None."""
+    active = model.num_parameters()
+    for layer in decoder_layers(model):
+        routed = routed_experts(layer)
+        if routed is not None:
+            params, experts = routed
+            active += round(min(top_k, experts) * params / experts) - params
+    return active

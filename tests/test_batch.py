@@ -204,10 +204,6 @@ def test_bad_inputs_are_one_line_each_and_the_batch_goes_on(tmp_path):
     good.save_pretrained(models / "missing_shard", max_shard_size="40KB")
     sorted((models / "missing_shard").glob("model-*.safetensors"))[1].unlink()
     broken["missing_shard"] = "missing shard"
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)).save_pretrained(models / "gpt2")
-    broken["gpt2"] = "unknown architecture"
     (models / "garbage").mkdir()
     (models / "garbage" / "pytorch_model.bin").write_bytes(b"not a checkpoint at all")
     broken["garbage"] = "not a torch.save file"

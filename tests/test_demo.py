@@ -30,3 +30,19 @@ def test_demo_runs_and_its_numbers_are_exact(tmp_path):
     structure = json.loads((models / "LLM-Pruner_block_20" / "analysis" / "model_structure.json").read_text())
     assert_matches(structure, saved["model"])
     assert "Llama-demo-eval" in result.stdout and "skipped" in result.stdout
+
+
+def test_demo_moe_study_names_the_removed_experts(tmp_path):
+    subprocess.run([sys.executable, "-m", "prunescope", "demo", str(tmp_path / "demo")], capture_output=True,
+                   check=True)
+    folder = tmp_path / "demo" / "moe" / "models" / "Mixtral-experts_6-8-4"
+    structure = json.loads((folder / "analysis" / "model_structure.json").read_text())
+    comparison = json.loads((folder / "analysis" / "model_comparison.json").read_text())
+    tensors = load_file(folder / "model.safetensors")
+    assert structure["total_params"] == sum(tensor.numel() for tensor in tensors.values())
+    experts = [len({name.split(".")[5] for name in tensors if f"layers.{i}.block_sparse_moe.experts." in name})
+               for i in range(3)]
+    assert structure["num_experts"] == experts == [6, 8, 4]
+    # scripts/make_demo.py kept experts [0, 1, 2, 4, 5, 7] of layer 0 and [1, 3, 6, 7] of layer 2
+    assert comparison["removed_experts"] == {"0": [3, 6], "1": [], "2": [0, 2, 4, 5]}
+    assert "experts 8 → 6/8/4 per layer" in (folder / "analysis" / "structure_summary.txt").read_text()

@@ -110,6 +110,10 @@ def test_unknown_family_totals_stay_exact_and_are_noted(tmp_path):
                                              num_key_value_heads=2, num_hidden_layers=2, vocab_size=64,
                                              num_local_experts=2, num_experts_per_tok=1)).eval()
     model.save_pretrained(tmp_path / "moe")
+    # A family prunescope has no table for (Mixtral has one now): the config names a new model type.
+    config = json.loads((tmp_path / "moe" / "config.json").read_text())
+    config.update(model_type="mixtral_next", architectures=["MixtralNextForCausalLM"])
+    (tmp_path / "moe" / "config.json").write_text(json.dumps(config))
     structure = analysed(tmp_path / "moe")
     assert structure["total_params"] == model.num_parameters()
     for got, layer in zip(structure["layers"], model.model.layers, strict=True):

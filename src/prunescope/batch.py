@@ -11,7 +11,7 @@ from . import __version__
 from .discover import ModelEntry, discover_models, examine
 from .locate import LocateError, Location, locate, names_remote_model, refuse_implicit_scan
 from .atomic import write_json
-from .console import encoding_name, format_table, human, reduction, value_range
+from .console import encoding_name, experts_line, format_table, human, reduction, value_range, widths
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -290,6 +290,8 @@ def closing_table(results: list[ModelResult]) -> str:
         zero = [layer.layer_idx for layer in layers if layer.is_zero_layer]
         if zero:
             notes.append(f"zero layers {zero}")
+        if structure.num_experts is not None:
+            notes.append(experts_line(structure, result.comparison))
         if structure.config_mismatches:
             notes.append("config stale: " + ",".join(m["field"] for m in structure.config_mismatches))
         if structure.tied_embeddings:
@@ -310,7 +312,7 @@ def closing_table(results: list[ModelResult]) -> str:
         change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"
         rows.append((entry.name, kind, human(structure.total_params), change, str(structure.num_layers),
                      value_range(layer.attention.num_heads for layer in layers),
-                     value_range(layer.mlp.intermediate_size for layer in layers), "; ".join(notes)))
+                     value_range(width for layer in layers for width in widths(layer)), "; ".join(notes)))
     return format_table(rows, left=(0, 1, 7))
 
 

@@ -9,6 +9,7 @@ from .tensors import DTYPE_SIZES
 
 ATTENTION_FIELDS = ("total", "q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "num_kv_heads")
 MLP_FIELDS = ("total", "gate_proj", "up_proj", "down_proj", "intermediate_size")
+MOE_FIELDS = ("num_experts", "router", "experts", "shared_experts")  # compared where either layer has experts
 
 
 class Change(Record):
@@ -40,6 +41,18 @@ class LayerComparison(Record):
     shortcut: Change  # SliceGPT's rotations: where parameters went when the projections shrank
     is_zero_layer: bool | None
     nonzero: dict[str, Change] | None = None  # "total", "attention", "mlp": when both were scanned
+    experts: "ExpertMatching | None" = None  # MoE layers: which of the base layer's experts are left
+
+
+class ExpertMatching(Record):
+    """Which routed experts of a base layer a pruned layer kept."""
+
+    original: int
+    pruned: int
+    kept: tuple[int | None, ...]  # per pruned expert, the base expert it is (None: no match)
+    removed: tuple[int, ...]  # base experts no pruned expert is
+    method: str  # "content" (fingerprints) or "position" (a guess)
+    note: str
 
 
 class LayerMatching(Record):
@@ -62,6 +75,12 @@ class Comparison(Record):
     warnings: tuple[str, ...] = ()  # reasons to doubt that this base is the model's base
     # Bytes of tensor data: what pruning and quantization save together (when either model is quantized).
     stored_bytes: Change | None = None
+    active_params: Change | None = None  # MoE models: parameters a token meets
+
+    @property
+    def removed_experts(self) -> dict[int, tuple[int, ...]]:
+        """Pruned layer -> the base experts it lost (MoE layers only)."""
+        return {layer.layer_idx: layer.experts.removed for layer in self.layers if layer.experts is not None}
 
 
 def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
@@ -81,6 +100,8 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
         warnings=_doubts(base, pruned),
         stored_bytes=Change(stored_bytes(base), stored_bytes(pruned))
         if base.quantization is not None or pruned.quantization is not None else None,
+        active_params=Change(base.active_params, pruned.active_params)
+        if base.num_experts is not None or pruned.num_experts is not None else None,
     )
 
 
@@ -178,12 +199,44 @@ def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> La
         original_layer_idx=pick(original, "layer_idx"),
         total=Change(pick(original, "total"), layer.total),
         attention={name: Change(pick(base_attention, name), getattr(layer.attention, name)) for name in ATTENTION_FIELDS},
-        mlp={name: Change(pick(base_mlp, name), getattr(layer.mlp, name)) for name in MLP_FIELDS},
+        mlp={name: Change(pick(base_mlp, name), getattr(layer.mlp, name))
+             for name in MLP_FIELDS + (MOE_FIELDS if layer.mlp.num_experts or pick(base_mlp, "num_experts") else ())},
         norm=Change(pick(original, "norm"), layer.norm),
         shortcut=Change(pick(original, "shortcut"), layer.shortcut),
         is_zero_layer=layer.is_zero_layer,
         nonzero=_nonzero_changes(pick(original, "contents"), layer.contents),
+        experts=match_experts(original, layer),
     )
+
+
+def match_experts(original: LayerStructure | None, layer: LayerStructure) -> ExpertMatching | None:
+    """Name the base experts a layer lost. Experts kept verbatim have the base expert's content
+    fingerprint (whatever number they were given when the rest were removed); without any match the
+    pairing is by position, which is a guess."""
+    if original is None or not (original.mlp.num_experts or layer.mlp.num_experts):
+        return None
+    base_count, count = original.mlp.num_experts or 0, layer.mlp.num_experts or 0
+    base_prints, prints = original.expert_fingerprints, layer.expert_fingerprints
+    kept: list[int | None] = []
+    if len(base_prints) == base_count and len(prints) == count:
+        unused = list(range(base_count))
+        for fingerprint in prints:
+            match = next((expert for expert in unused if base_prints[expert] == fingerprint), None)
+            if match is not None:
+                unused.remove(match)
+            kept.append(match)
+    if any(expert is not None for expert in kept):
+        removed = tuple(expert for expert in range(base_count) if expert not in kept)
+        changed = [position for position, expert in enumerate(kept) if expert is None]
+        note = f"{count - len(changed)} of {count} experts matched base experts by content"
+        if changed:
+            note += f"; experts {changed} changed (not matched)"
+        return ExpertMatching(base_count, count, tuple(kept), removed, "content", note)
+    kept = [expert if expert < base_count else None for expert in range(count)]
+    removed = tuple(range(count, base_count))
+    return ExpertMatching(base_count, count, tuple(kept), removed, "position",
+                          "no expert's content matches the base's (changed weights, or not measured): "
+                          "paired by position, which is a guess")
 
 
 def _nonzero_changes(original, pruned) -> dict[str, Change] | None:

@@ -35,28 +35,51 @@ def value_range(values) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def widths(layer) -> list:
+    """The MLP widths of a layer: its intermediate size, or in an MoE layer its experts' widths."""
+    mlp = layer.mlp
+    if not mlp.num_experts:
+        return [mlp.intermediate_size]
+    sizes = mlp.expert_intermediate_size
+    return list(sizes) if isinstance(sizes, list) else [sizes]
+
+
+def experts_line(structure: ModelStructure, comparison: Comparison | None = None) -> str | None:
+    """"experts 8 → 6/8/4 per layer" (MoE layers only; one number when they all agree)."""
+    if structure.num_experts is None:
+        return None
+    counts = [count for count in structure.num_experts if count]
+    per_layer = str(counts[0]) if counts and len(set(counts)) == 1 else "/".join(map(str, counts))
+    base = [layer.experts.original for layer in comparison.layers if layer.experts is not None] if comparison else []
+    return f"experts {value_range(base)} → {per_layer} per layer" if base else f"experts {per_layer} per layer"
+
+
 def layer_table(structure: ModelStructure, comparison: Comparison | None = None) -> str:
     """One row per layer. With a comparison, which base layer each was paired with; with a content scan,
     nonzeros, sparsity, and heads / MLP channels left once those zeroed in place are discounted."""
     sliced = any(layer.shortcut for layer in structure.layers)
+    moe = structure.num_experts is not None
     scanned = any(layer.contents is not None for layer in structure.layers)
     base_of = {layer.layer_idx: layer.original_layer_idx for layer in comparison.layers} if comparison else {}
     header = (("layer",) + (("base",) if comparison else ())
               + ("total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
+              + (("experts",) if moe else ())
               + (("shortcut",) if sliced else ()) + (("nonzero", "sparsity") if scanned else ()) + ("zero",))
     rows = [header]
     for layer in structure.layers:
         attention, mlp, contents = layer.attention, layer.mlp, layer.contents
-        heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), _text(mlp.intermediate_size)
+        heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), value_range(widths(layer))
         if contents is not None:  # "3/4": heads whose weights are all zero are not counted as left
             heads = _effective(contents.effective_heads, attention.num_heads)
             kv_heads = _effective(contents.effective_kv_heads, attention.num_kv_heads)
-            inter = _effective(contents.effective_intermediate_size, mlp.intermediate_size)
+            if not mlp.num_experts:
+                inter = _effective(contents.effective_intermediate_size, mlp.intermediate_size)
         rows.append(
             (str(layer.layer_idx),) + ((_text(base_of.get(layer.layer_idx)),) if comparison else ())
             + (human(layer.total), human(attention.total), human(attention.q_proj), human(attention.k_proj),
                human(attention.v_proj), human(attention.o_proj), heads, kv_heads, human(mlp.total),
                human(mlp.gate_proj), human(mlp.up_proj), human(mlp.down_proj), inter, human(layer.norm))
+            + ((_text(mlp.num_experts or None),) if moe else ())
             + ((human(layer.shortcut),) if sliced else ())
             + ((human(contents.nonzero), f"{(1 - contents.nonzero / layer.total) * 100 if layer.total else 0:.1f}%")
                if scanned and contents is not None else ("-", "-") if scanned else ())
@@ -107,10 +130,16 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         f"Layers:               {structure.num_layers} ({structure.total_layer_params:,} parameters)",
         f"Heads per layer:      {value_range(layer.attention.num_heads for layer in layers)}"
         f"    KV heads: {value_range(layer.attention.num_kv_heads for layer in layers)}",
-        f"Intermediate size:    {value_range(layer.mlp.intermediate_size for layer in layers)}",
+        f"Intermediate size:    {value_range(width for layer in layers for width in widths(layer))}"
+        + (" (in MoE layers, the experts')" if structure.num_experts is not None else ""),
     ]
     if structure.quantization is not None:
         lines.append(f"Quantization:         {quantization_text(structure.quantization)}")
+    if structure.num_experts is not None:
+        lines.append(f"Experts:              {experts_line(structure).removeprefix('experts ')} "
+                     f"(top_k {_text(structure.top_k)}); active parameters "
+                     + (f"{structure.active_params:,} ({human(structure.active_params)})"
+                        if structure.active_params is not None else "- (no top_k in the config)"))
     if structure.contents is not None:
         contents = structure.contents
         lines.append(f"Nonzero parameters:   {contents.nonzero_params:,} (sparsity {contents.sparsity * 100:.2f}%"
@@ -150,6 +179,14 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
         if comparison.stored_bytes is not None:
             stored = comparison.stored_bytes
             lines.append(f"  stored bytes: {stored.original:,} -> {stored.pruned:,}  ({reduction(stored.reduction_ratio)})")
+        if comparison.active_params is not None:
+            lines.append(f"  {experts_line(structure, comparison)}")
+            removed = {idx: list(experts) for idx, experts in comparison.removed_experts.items() if experts}
+            if removed:
+                methods = {layer.experts.method for layer in comparison.layers if layer.experts is not None}
+                lines.append("  removed experts (layer: base experts): "
+                             + ", ".join(f"{idx}: {experts}" for idx, experts in removed.items())
+                             + ("  (paired by position: a guess)" if "position" in methods else "  (matched by content)"))
         if comparison.layer_matching.removed_original_layers:
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
         for warning in comparison.warnings:

@@ -185,8 +185,10 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions, files
         bar = tqdm(total=sum(t.numel * t.itemsize for t in tensors) + sum(i.data.numel * i.data.itemsize for i in decoded),
                    unit="B", unit_scale=True, desc=f"scanning {structure.model_name}", leave=False)
     try:
-        # Fused projections (Phi-3) are split into q/k/v and gate/up by rows: count their groups per row.
-        fused = frozenset(name for layer in structure.layers for name in layer.fused_rows)
+        # Fused projections (Phi-3) are split into q/k/v and gate/up by rows, stacked experts into experts:
+        # count their groups per row.
+        fused = frozenset(name for layer in structure.layers
+                          for name in (*layer.fused_rows, *layer.stacked_expert_tensors))
         contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None,
                                 per_row_groups=fused)
         if decoded:

@@ -13,6 +13,7 @@ class Record:
     """Fields come from the class annotations (base classes first); instances are immutable."""
 
     _fields: tuple[str, ...] = ()
+    _field_names: frozenset = frozenset()
     _defaults: dict = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -23,31 +24,23 @@ class Record:
                 if not name.startswith("_") and name not in fields:
                     fields.append(name)
         cls._fields = tuple(fields)
-        cls._field_set = frozenset(fields)
+        cls._field_names = frozenset(fields)
         cls._defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
-        cls._required = frozenset(name for name in fields if name not in cls._defaults)
 
     def __init__(self, *args, **kwargs):
-        # Records are made by the thousand (a tensor index of a quantized 8B model holds ~700): the
-        # common case, every field given or defaulted by keyword, takes one dict merge.
-        fields = self._fields
-        if args:
-            if len(args) > len(fields):
-                raise TypeError(f"{type(self).__name__} takes {len(fields)} fields, got {len(args)}")
-            positional = dict(zip(fields, args))
-            if kwargs and not kwargs.keys().isdisjoint(positional):
-                repeated = next(name for name in kwargs if name in positional)
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {repeated!r}")
-            kwargs.update(positional)
-        if not self._field_set.issuperset(kwargs):
-            unexpected = next(name for name in kwargs if name not in self._field_set)
-            raise TypeError(f"{type(self).__name__}: unexpected or repeated field {unexpected!r}")
-        if len(kwargs) < len(fields):
-            if not kwargs.keys() >= self._required:
-                missing = next(name for name in fields if name not in kwargs and name in self._required)
-                raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
-            kwargs = {**self._defaults, **kwargs}
-        self.__dict__.update(kwargs)
+        # Dict merges instead of a loop over the fields: readers build one record per tensor (a
+        # Mixtral-8x7B header has a thousand), so this is on the header-only path's budget.
+        if len(args) > len(self._fields):
+            raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields, got {len(args)}")
+        values = dict(zip(self._fields, args)) if args else {}
+        if not self._field_names.issuperset(kwargs) or not values.keys().isdisjoint(kwargs):
+            wrong = next(name for name in kwargs if name not in self._field_names or name in values)
+            raise TypeError(f"{type(self).__name__}: unexpected or repeated field {wrong!r}")
+        values = {**self._defaults, **values, **kwargs}
+        if len(values) != len(self._fields):
+            missing = next(name for name in self._fields if name not in values)
+            raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
+        self.__dict__.update(values)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable; use .replace()")

@@ -6,7 +6,7 @@ Nothing here knows about checkpoint file formats; see atomic.py for how files ar
 
 from __future__ import annotations
 
-from .compare import Change, Comparison
+from .compare import Change, Comparison, ExpertMatching
 from .quantized import Quantization
 from .interpret.structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
                                   ModelStructure)
@@ -35,6 +35,9 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "other_params": structure.other_params,
         "other_tensors": list(structure.other_tensors),
         "position_embedding_params": structure.position_embedding_params,
+        **({"embedding_norm_params": structure.embedding_norm_params} if structure.embedding_norm_params else {}),
+        **({"top_k": structure.top_k, "num_experts": list(structure.num_experts),
+            "active_params": structure.active_params} if structure.num_experts is not None else {}),
         "family": structure.family,
         "hidden_size": structure.hidden_size,
         "vocab_size": structure.vocab_size,
@@ -79,10 +82,13 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
             "q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
             "o_proj": attention.o_proj, "num_heads": attention.num_heads, "num_kv_heads": attention.num_kv_heads,
             "qk_norm": attention.qk_norm, "other": attention.other,
+            **({"mla": attention.mla} if attention.mla is not None else {}),
         },
         "mlp": {
             "type": mlp.type, "total": mlp.total, "gate_proj": mlp.gate_proj, "up_proj": mlp.up_proj,
             "down_proj": mlp.down_proj, "intermediate_size": mlp.intermediate_size, "other": mlp.other,
+            **({key: getattr(mlp, key) for key in MOE_FIELDS} if mlp.num_experts
+               else {key: getattr(mlp, key) for key in ("router", "shared_experts") if getattr(mlp, key)}),
         },
         "norm": layer.norm,
         "is_zero_layer": layer.is_zero_layer,
@@ -90,6 +96,7 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         "shortcut": layer.shortcut,
         **({"widths": layer.widths} if layer.widths else {}),
         "fingerprint": layer.fingerprint,
+        **({"expert_fingerprints": list(layer.expert_fingerprints)} if layer.expert_fingerprints else {}),
     }
     if contents is not None:
         data["nonzero"] = contents.nonzero
@@ -98,7 +105,9 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         for part, projections, extra in (
                 ("attention", ATTENTION_NAMES, {"effective_heads": contents.effective_heads,
                                                 "effective_kv_heads": contents.effective_kv_heads}),
-                ("mlp", MLP_NAMES, {"effective_intermediate_size": contents.effective_intermediate_size})):
+                ("mlp", MLP_NAMES, {"effective_intermediate_size": contents.effective_intermediate_size,
+                                **({"expert_nonzero": list(contents.expert_nonzero),
+                                    "expert_nm": list(contents.expert_nm)} if contents.expert_nonzero else {})})):
             section = data[part]
             section["nonzero"] = getattr(contents, f"{part}_nonzero")
             for projection in projections:
@@ -112,6 +121,7 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
     return data
 
 
+MOE_FIELDS = ("num_experts", "router", "experts", "shared_experts", "expert_intermediate_size")
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 # Keys the content scan adds inside attention/mlp; stripped when rebuilding the plain structure.
@@ -134,7 +144,8 @@ def _layer_contents_from_dict(layer: dict) -> LayerContents | None:
         projection_nonzero=per("nonzero"), projection_nm=per("nm"), projection_zero_rows=per("zero_rows"),
         projection_zero_columns=per("zero_columns"), nm_sparsity=layer["nm_sparsity"],
         effective_heads=attention["effective_heads"], effective_kv_heads=attention["effective_kv_heads"],
-        effective_intermediate_size=mlp["effective_intermediate_size"])
+        effective_intermediate_size=mlp["effective_intermediate_size"],
+        expert_nonzero=tuple(mlp.get("expert_nonzero", ())), expert_nm=tuple(mlp.get("expert_nm", ())))
 
 
 def _plain(section: dict) -> dict:
@@ -152,7 +163,8 @@ def structure_from_dict(data: dict) -> ModelStructure:
             layer_idx=layer["layer_idx"], total=layer["total"], attention=AttentionStructure(**attention),
             mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
             other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
-            fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer)))
+            fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer),
+            expert_fingerprints=tuple(layer.get("expert_fingerprints", ()))))
     return ModelStructure(
         model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
         embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
@@ -163,6 +175,9 @@ def structure_from_dict(data: dict) -> ModelStructure:
         config_mismatches=tuple(data["config_mismatches"]), notes=tuple(data["notes"]),
         position_embedding_params=data["position_embedding_params"], projection_names=data["projection_names"],
         slicing=data["slicing"], layer_prefix=data["layer_prefix"],
+        embedding_norm_params=data.get("embedding_norm_params", 0), top_k=data.get("top_k"),
+        num_experts=tuple(data["num_experts"]) if data.get("num_experts") is not None else None,
+        active_params=data.get("active_params"),
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
         if "nonzero_params" in data else None,
         quantization=quantization_from_dict(data["quantization"]) if data.get("quantization") else None)
@@ -174,6 +189,11 @@ def structure_from_dict(data: dict) -> ModelStructure:
 def _change(change: Change) -> dict:
     return {"original": change.original, "pruned": change.pruned, "reduced": change.reduced,
             "reduction_ratio": change.reduction_ratio}
+
+
+def _expert_matching(matching: ExpertMatching) -> dict:
+    return {"original": matching.original, "pruned": matching.pruned, "kept": list(matching.kept),
+            "removed": list(matching.removed), "method": matching.method, "note": matching.note}
 
 
 def comparison_to_dict(comparison: Comparison) -> dict:
@@ -193,6 +213,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "norm": _change(layer.norm),
                 "shortcut": _change(layer.shortcut),
                 "is_zero_layer": layer.is_zero_layer,
+                **({"experts": _expert_matching(layer.experts)} if layer.experts is not None else {}),
             }
             for layer in comparison.layers
         ],
@@ -205,6 +226,9 @@ def comparison_to_dict(comparison: Comparison) -> dict:
     }
     if comparison.stored_bytes is not None:
         data["stored_bytes"] = _change(comparison.stored_bytes)
+    if comparison.active_params is not None:
+        data["active_params"] = _change(comparison.active_params)
+        data["removed_experts"] = {str(idx): list(removed) for idx, removed in comparison.removed_experts.items()}
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):

@@ -53,9 +53,12 @@ class TensorInfo(Record):
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
+        count = self.__dict__.get("_numel")  # computed once: every stage asks, for every tensor
+        if count is None:
+            count = 1
+            for size in self.shape:
+                count *= size
+            self.__dict__["_numel"] = count
         return count
 
     @property

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import re
 
-from . import gguf, llama, opt, phi, phi3
+from . import bloom, deepseek, falcon, gguf, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen_moe, stacked_moe
 from .base import Family
 
-FAMILIES: tuple[Family, ...] = (llama.FAMILY, opt.FAMILY, phi.FAMILY, phi3.FAMILY, gguf.FAMILY)
+FAMILIES: tuple[Family, ...] = (llama.FAMILY, opt.FAMILY, phi.FAMILY, phi3.FAMILY, gpt2.FAMILY, gpt_neox.FAMILY,
+                                falcon.FAMILY, bloom.FAMILY, gptj.FAMILY, mixtral.FAMILY, qwen_moe.FAMILY,
+                                deepseek.FAMILY, stacked_moe.GRANITE_MOE, stacked_moe.GPT_OSS, stacked_moe.LLAMA4,
+                                gguf.FAMILY)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
-CLASS_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "Model")
-LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?layers|blk)\.(?P<index>\d+)\.(?P<rest>.+)$")  # blk: GGUF
+CLASS_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
+# The decoder stack: "...layers.N." in most families, "...h.N." in GPT-2, GPT-J, Falcon and Bloom,
+# "blk.N." in GGUF files.
+LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h)|blk)\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
 def choose_family(config: dict, module_classes: dict[str, str], tensor_names) -> Family:

@@ -11,10 +11,13 @@ import re
 
 from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_prefix, first_architecture,
                         model_type_from_classes, short_class)
-from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, FINAL_NORM, GATE, GATE_UP, HEADS, K, LM_HEAD,
-                             O, POSITIONS, Q, Q_NORM, QKV, UP, Family, is_weight)
+from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, EMBEDDING_NORM, FINAL_NORM, GATE, GATE_UP,
+                             HALVES, LM_HEAD, MTP, MULTI_QUERY, PER_HEAD, PER_KV_GROUP, POSITIONS, K, O, Q, Q_NORM,
+                             QKV, UP, V, Family, is_weight)
 from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
+from .mla import latent_attention
+from .moe import active_params, routed_experts
 from .structure import AttentionStructure, LayerStructure, MlpStructure, ModelStructure
 
 # Buffers that state dicts of older transformers versions persisted; they are not parameters.
@@ -22,6 +25,7 @@ BUFFER_NAME = re.compile(r"(?:^|\.)(?:inv_freq|masked_bias|position_ids|_float_t
 
 # head_dim sources (ModelStructure.head_dim_source); the pipeline asks whether one came from the base.
 CONFIG_HEAD_DIM = "config head_dim"
+CONFIG_HEAD_DIM_SUM = "config "  # + the family's keys, e.g. "config qk_nope_head_dim+qk_rope_head_dim"
 Q_NORM_SHAPE = "q_norm shape"
 ROTARY_LENGTH = "rotary inv_freq length"
 BASE_HEAD_DIM = "base config head_dim"
@@ -43,6 +47,7 @@ class DecoderStack(Record):
 
 class OutsideBuckets(Record):
     embedding: int
+    embedding_norm: int
     positions: int
     lm_head: int
     final_norm: int
@@ -63,16 +68,21 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     if index.quantization is None:  # decoded quantized checkpoints arrive as their logical index
         _refuse_quantized(index, config)
     stack = _decoder_stack(counted, family)
-    if not any(placed[2] in ("attention", "mlp") for tensors in stack.layers.values() for placed in tensors):
-        raise CheckpointError(
-            index.files[0], f"unknown architecture ({model_type or 'unknown'}): no decoder layers with attention/MLP "
-                            "projections found", "supported: " + ", ".join(SUPPORTED_MODEL_TYPES))
+    if not stack.layers:  # not a decoder model at all (a lone tensor, an optimizer state, ...)
+        raise CheckpointError(index.files[0], f"unknown architecture ({model_type or 'unknown'}): no decoder layers "
+                                              "(<...>.layers.N. or <...>.h.N. tensors) found",
+                              "supported: " + ", ".join(SUPPORTED_MODEL_TYPES))
 
     # At this point every tensor of the stack has its role; what follows counts them.
     notes: list[str] = []
     if model_type and model_type not in SUPPORTED_MODEL_TYPES:
         notes.append(f"family {model_type!r} is not one prunescope knows: tensors it cannot place (experts, "
                      "routers, ...) are counted in each layer's `other`; totals stay exact")
+    elif not any(placed[2] in ("attention", "mlp", "mla", "experts") for tensors in stack.layers.values()
+                 for placed in tensors):
+        notes.append(f"no attention or MLP tensor of a known family found ({model_type or 'no model_type'}): "
+                     "everything is counted in `other`; totals stay exact (supported: "
+                     + ", ".join(SUPPORTED_MODEL_TYPES) + ")")
     head_dim, head_dim_source = _head_dim(config, base_config, stack, family, index, notes)
     prefix = class_prefix(first_architecture(config)) or family.model_types.get(model_type) or \
         class_prefix(short_class(index.module_classes.get("")))
@@ -84,6 +94,10 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
         layers.append(layer)
         residual_widths.append(residual_width)
+    extra = [idx for idx in sorted(stack.layers) if any(placed[3] == MTP for placed in stack.layers[idx])]
+    if extra:
+        notes.append(f"layers {extra} are multi-token-prediction modules, not decoder layers of the config: counted "
+                     "in total_params (they are in the file) though transformers does not load them")
     indices = sorted(stack.layers)
     if indices and indices != list(range(indices[0], indices[0] + len(indices))):
         missing = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
@@ -96,6 +110,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     outside = _outside_buckets(stack.outside, family)
     tied = _tying(outside, aliases, family, config, notes)
     embedding_tensor = outside.embedding_tensor
+    moe_layers = any(layer.mlp.num_experts for layer in layers)
     structure = ModelStructure(
         model_name=name,
         family=model_type or model_type_from_classes(index.module_classes) or "unknown",
@@ -115,13 +130,20 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         buffers=tuple(buffers),
         notes=tuple(notes),
         position_embedding_params=outside.positions,
+        embedding_norm_params=outside.embedding_norm,
         projection_names=names,
         layer_prefix=stack.prefix,
         quantization=index.quantization,
+        top_k=family.config_value(config, "top_k") if moe_layers else None,
+        num_experts=tuple(layer.mlp.num_experts or 0 for layer in layers) if moe_layers else None,
     )
-    assert structure.total_params == (outside.embedding + outside.positions + outside.lm_head + outside.final_norm
-                                      + outside.other + structure.total_layer_params), "buckets must add up"
-    return _with_mismatches(structure, config, family)
+    assert structure.total_params == (outside.embedding + outside.embedding_norm + outside.positions + outside.lm_head
+                                      + outside.final_norm + outside.other + structure.total_layer_params), \
+        "buckets must add up"
+    if moe_layers:
+        structure = structure.replace(active_params=active_params(structure, structure.top_k, notes),
+                                      notes=tuple(notes))
+    return _with_mismatches(structure, config, family, len(extra))
 
 
 # -- 1) which tensors are parameters ----------------------------------------------------------
@@ -132,7 +154,8 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
     counted: list[TensorInfo] = []
     buffers: list[str] = []
     for tensor in index.tensors:
-        if tensor.is_parameter is False or (tensor.is_parameter is None and BUFFER_NAME.search(tensor.name)):
+        if tensor.is_parameter is False or (tensor.is_parameter is None and (
+                BUFFER_NAME.search(tensor.name) or (family.buffers and _is_family_buffer(family, tensor.name)))):
             buffers.append(tensor.name)
         elif tensor.alias_of is None:
             counted.append(tensor)
@@ -146,6 +169,11 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
             counted = [embedding if tensor.name == target else tensor for tensor in counted]
             aliases = {**{key: value for key, value in aliases.items() if key != name}, target: name}
     return counted, buffers, aliases
+
+
+def _is_family_buffer(family: Family, name: str) -> bool:
+    in_layer = LAYER_NAME.match(name)
+    return bool(in_layer) and family.is_buffer(in_layer["rest"])
 
 
 QUANTIZED_TENSOR = re.compile(r"\.(?:qweight|qzeros|g_idx|scales|absmax|quant_map|quant_state\.[\w.]+|SCB|weight_format)$")
@@ -169,25 +197,28 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
     """The decoder stack is the `...layers.N` family holding most tensors; another one (a vision
     tower's encoder layers, say) is not decoder layers and goes to `other`."""
     sizes: dict[str, int] = {}
-    for tensor in counted:
-        match = LAYER_NAME.match(tensor.name)
+    matches = [LAYER_NAME.match(tensor.name) for tensor in counted]
+    for match in matches:
         if match:
             sizes[match["prefix"]] = sizes.get(match["prefix"], 0) + 1
     prefix = max(sizes, key=sizes.get) if sizes else ""
     layers: dict[int, list[Placed]] = {}
     outside: list[TensorInfo] = []
-    for tensor in counted:
-        match = LAYER_NAME.match(tensor.name)
+    places: dict[str, tuple] = {}  # every layer repeats the same names: place each once
+    for tensor, match in zip(counted, matches):
         if match and match["prefix"] == prefix:
             rest = match["rest"]
-            layers.setdefault(int(match["index"]), []).append((rest, tensor, *family.place(rest)))
+            place = places.get(rest)
+            if place is None:
+                place = places[rest] = family.place(rest)
+            layers.setdefault(int(match["index"]), []).append((rest, tensor, *place))
         else:
             outside.append(tensor)
     return DecoderStack(prefix=prefix, layers=layers, outside=tuple(outside))
 
 
 def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> OutsideBuckets:
-    counts = {EMBEDDING: 0, POSITIONS: 0, LM_HEAD: 0, FINAL_NORM: 0, None: 0}
+    counts = {EMBEDDING: 0, EMBEDDING_NORM: 0, POSITIONS: 0, LM_HEAD: 0, FINAL_NORM: 0, None: 0}
     other_names = []
     embedding_tensor = None
     for tensor in outside:
@@ -200,7 +231,7 @@ def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> Outside
         elif role == EMBEDDING:
             embedding_tensor = tensor
     return OutsideBuckets(
-        embedding=counts[EMBEDDING], positions=counts[POSITIONS], lm_head=counts[LM_HEAD],
+        embedding=counts[EMBEDDING], embedding_norm=counts[EMBEDDING_NORM], positions=counts[POSITIONS], lm_head=counts[LM_HEAD],
         final_norm=counts[FINAL_NORM], other=counts[None], other_names=tuple(other_names),
         embedding_tensor=embedding_tensor,
         lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside))
@@ -244,30 +275,37 @@ def _hidden_size(residual_widths: list[int | None], embedding_tensor) -> int | N
 def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes) -> tuple[LayerStructure, int | None]:
     """The layer's structure, and its residual width (rows of the attention output projection)."""
     tensors = stack.layers[layer_idx]
-    buckets = {"attention": 0, "mlp": 0, "qk_norm": 0, "attention_other": 0, "mlp_other": 0, "norm": 0,
-               "shortcut": 0, "other": 0}
+    buckets = dict.fromkeys(("attention", "mlp", "qk_norm", "mla", "attention_other", "router", "experts",
+                             "shared_experts", "mlp_other", "norm", "shortcut", "other"), 0)
     projections: dict[str, int | None] = {}  # role -> parameters (weight and bias)
-    weights: dict[str, tuple[int, ...]] = {}  # role -> weight shape
+    weights: dict[str, tuple[int, ...]] = {}  # role -> weight shape, as [out, in]
     modules: dict[str, str] = {}  # role -> the tensor's full name without .weight/.bias
+    transposed = []
     for rest, tensor, bucket, role, module in tensors:
-        buckets[bucket] += tensor.numel
+        numel = tensor.numel
+        buckets[bucket] += numel
         if bucket in ("attention", "mlp"):
-            projections[role] = projections.get(role, 0) + tensor.numel
+            projections[role] = projections.get(role, 0) + numel
             modules[role] = module
             if is_weight(rest):
                 weights[role] = tensor.shape
+                if module in family.transposed:  # stored [in, out]
+                    weights[role] = tuple(reversed(tensor.shape))
+                    transposed.append(tensor.name)
     for role, module in modules.items():
         if role != module.rsplit(".", 1)[-1]:
             names[role] = module.rsplit(".", 1)[-1]
     rows = {role: shape[0] for role, shape in weights.items() if shape}
     residual_width = rows.get(O)
     fused_rows = {}
-    for fused in [role for role in projections if role in family.fused]:
-        parts = _split_fused(fused, family, projections, rows, head_dim, config, layer_idx, notes)
-        for part in family.fused[fused].parts:
+    fused_layout = family.fused_layout(config)
+    for fused in [role for role in projections if role in fused_layout]:
+        parts = _split_fused(fused, fused_layout[fused], projections, rows, head_dim, config, family, layer_idx, notes)
+        for part in fused_layout[fused].parts:
             names[part] = f"{modules[fused].rsplit('.', 1)[-1]} (split)"
-        if parts and fused in weights:
-            fused_rows[f"{stack.prefix}.{layer_idx}.{modules[fused]}.weight"] = parts
+        name = f"{stack.prefix}.{layer_idx}.{modules[fused]}.weight"
+        if parts and fused in weights and name not in transposed:
+            fused_rows[name] = parts
 
     def heads(projection: str) -> int | None:
         if projection not in rows:
@@ -279,23 +317,43 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
             return None
         return rows[projection] // head_dim
 
+    mla = latent_attention(tensors, head_dim, rows.get(Q))
     q, k, v, o = (projections.get(role) or 0 for role in ATTENTION_PROJECTIONS)
+    num_heads, num_kv_heads = heads(Q), heads(K)
+    if mla is not None:  # no single k or v projection; kv_b_proj expands the latent into every head
+        num_heads = num_kv_heads = mla.pop("num_heads")
+        q = q if Q in projections else None
+        k = v = None
     attention = AttentionStructure(
         type=short_class(classes[f".{family.attention}"]) or f"{prefix}Attention",
-        total=buckets["attention"] + buckets["qk_norm"] + buckets["attention_other"],
+        total=buckets["attention"] + buckets["qk_norm"] + buckets["mla"] + buckets["attention_other"],
         q_proj=q, k_proj=k, v_proj=v, o_proj=o,
-        num_heads=heads(Q), num_kv_heads=heads(K), qk_norm=buckets["qk_norm"], other=buckets["attention_other"])
+        num_heads=num_heads, num_kv_heads=num_kv_heads, qk_norm=buckets["qk_norm"],
+        other=buckets["attention_other"], mla=mla)
     has_gate = GATE in projections or UP not in projections
     has_mlp_module = classes[f".{family.mlp}"] is not None or any(
         rest.startswith(family.mlp + ".") for rest, *_ in tensors)
-    mlp = MlpStructure(
-        type=short_class(classes[f".{family.mlp}"]) or (f"{prefix}MLP" if has_mlp_module
-                                                         else short_class(classes[""]) or f"{prefix}DecoderLayer"),
-        total=buckets["mlp"] + buckets["mlp_other"],
-        gate_proj=(projections.get(GATE) or 0) if has_gate else None,
-        up_proj=projections.get(UP) or 0, down_proj=projections.get(DOWN) or 0,
-        intermediate_size=rows.get(GATE, rows.get(UP, 0)),
-        other=buckets["mlp_other"])
+    mlp_type = short_class(classes[f".{family.mlp}"]) or (f"{prefix}MLP" if has_mlp_module
+                                                          else short_class(classes[""]) or f"{prefix}DecoderLayer")
+    mlp_total = sum(buckets[bucket] for bucket in ("mlp", "router", "experts", "shared_experts", "mlp_other"))
+    experts = routed_experts(tensors, family)
+    if experts is None:
+        mlp = MlpStructure(
+            type=mlp_type, total=mlp_total,
+            gate_proj=(projections.get(GATE) or 0) if has_gate else None,
+            up_proj=projections.get(UP) or 0, down_proj=projections.get(DOWN) or 0,
+            intermediate_size=rows.get(GATE, rows.get(UP, 0)),
+            other=buckets["mlp_other"], router=buckets["router"], shared_experts=buckets["shared_experts"])
+    else:
+        widths = sorted(set(experts.intermediate), key=str)
+        mlp = MlpStructure(
+            type=short_class(classes[f".{family.mlp}"]) or f"{prefix}SparseMoeBlock", total=mlp_total,
+            gate_proj=experts.parts.get(GATE) if GATE in experts.parts else None,
+            up_proj=experts.parts.get(UP, 0), down_proj=experts.parts.get(DOWN, 0), intermediate_size=None,
+            other=buckets["mlp_other"], num_experts=experts.count, router=buckets["router"],
+            experts=buckets["experts"], shared_experts=buckets["shared_experts"],
+            expert_intermediate_size=widths[0] if len(widths) == 1 else list(experts.intermediate))
+        _check_router(tensors, experts.count, layer_idx, notes)
     widths = {}
     if buckets["shortcut"]:
         widths = {"attention_input": _columns(weights, (Q, QKV)),
@@ -307,55 +365,90 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
         layer_idx=layer_idx, total=total, attention=attention, mlp=mlp, norm=buckets["norm"],
         other=buckets["other"], shortcut=buckets["shortcut"], widths=widths,
         tensor_roles={tensor.name: (bucket, role) for _, tensor, bucket, role, _ in tensors},
-        fused_rows=fused_rows)
+        fused_rows=fused_rows, expert_tensors=experts.tensors if experts else {}, transposed=tuple(transposed))
     return layer, residual_width
+
+
+def _check_router(tensors, experts: int, layer_idx: int, notes: list[str]) -> None:
+    """The router scores each routed expert with one row: a pruned model that kept rows of removed
+    experts (or lost rows of kept ones) routes tokens to experts that are not there."""
+    for rest, tensor, bucket, _, _ in tensors:
+        if bucket == "router" and is_weight(rest) and tensor.shape and tensor.shape[0] != experts:
+            notes.append(f"layer {layer_idx}: the router scores {tensor.shape[0]} experts, the file holds {experts}")
 
 
 def _columns(weights, roles) -> int | None:
     return next((weights[role][1] for role in roles if role in weights and len(weights[role]) == 2), None)
 
 
-def _split_fused(fused, family, projections, rows, head_dim, config, layer_idx, notes):
+def _split_fused(fused, description, projections, rows, head_dim, config, family, layer_idx, notes):
     """Share a fused projection's parameters among its parts in proportion to their rows; returns the
-    parts' row ranges ((role, first row, end row), ...), or None when the rows cannot be divided."""
+    parts' row ranges ((role, first row, end row), ...; a part may have several, interleaved), or None
+    when the rows cannot be divided."""
     count = projections.pop(fused)
     total_rows = rows.pop(fused, None)
-    description = family.fused[fused]
-    if description.split == HEADS:
-        split_rows = _qkv_rows(total_rows, head_dim, config, family, layer_idx, notes)
-    else:  # halves
-        split_rows = (total_rows // 2, total_rows // 2) if total_rows else None
-    if not split_rows or not total_rows:
+    if description.split == HALVES:
+        ranges = ((description.parts[0], 0, total_rows // 2), (description.parts[1], total_rows // 2, total_rows)) \
+            if total_rows else None
+    else:
+        ranges = _qkv_ranges(description.split, total_rows, head_dim, config, family, layer_idx, notes)
+    if not ranges or not total_rows:
         for part in description.parts:
             projections[part] = None
         return None
-    ranges, start = [], 0
-    for part, part_rows in zip(description.parts, split_rows):
-        projections[part] = count * part_rows // total_rows
-        rows[part] = part_rows
-        ranges.append((part, start, start + part_rows))
-        start += part_rows
+    part_rows = {part: 0 for part in description.parts}
+    for part, start, end in ranges:
+        part_rows[part] += end - start
+    for part in description.parts:
+        projections[part] = count * part_rows[part] // total_rows
+        rows[part] = part_rows[part]
     return tuple(ranges)
 
 
-def _qkv_rows(total_rows, head_dim, config, family, layer_idx, notes):
-    """How a fused qkv_proj's rows divide into q, k and v: (heads + 2 * kv_heads) * head_dim rows. The
-    config's head counts are used when they fit the rows; else its query-per-KV group size."""
+def _qkv_ranges(split, total_rows, head_dim, config, family, layer_idx, notes):
+    """Which rows of a fused q/k/v projection belong to q, k and v, by the family's layout:
+    ((role, first row, end row), ...)."""
     if not total_rows or not head_dim or total_rows % head_dim:
         notes.append(f"layer {layer_idx}: cannot split qkv_proj ({total_rows} rows) without a head_dim")
         return None
     slots = total_rows // head_dim
+    if split == PER_HEAD:  # [q_h, k_h, v_h] for each head
+        if slots % 3:
+            notes.append(f"layer {layer_idx}: fused qkv has {slots} heads' rows, not three per head")
+            return None
+        return tuple((role, (3 * head + part) * head_dim, (3 * head + part + 1) * head_dim)
+                     for head in range(slots // 3) for part, role in enumerate((Q, K, V)))
+    if split == MULTI_QUERY:  # [q heads | k | v]
+        return _blocks(((Q, slots - 2), (K, 1), (V, 1)), head_dim) if slots > 2 else None
     heads = family.config_value(config, "heads")
-    kv_heads = family.config_value(config, "kv_heads") if family.config_value(config, "kv_heads") is not None else heads
+    kv_heads = _configured_kv_heads(config, family)
+    if split == PER_KV_GROUP:  # [q x G, k, v] for each KV group
+        if heads and kv_heads and heads % kv_heads == 0 and slots % (heads // kv_heads + 2) == 0:
+            group = heads // kv_heads
+            return tuple(block for kv in range(slots // (group + 2))
+                         for block in _blocks(((Q, group), (K, 1), (V, 1)), head_dim, kv * (group + 2) * head_dim))
+        notes.append(f"layer {layer_idx}: fused qkv has {slots} heads' rows, which no KV group of the config fits")
+        return None
     if heads is not None and kv_heads is not None and heads + 2 * kv_heads == slots:
-        return heads * head_dim, kv_heads * head_dim, kv_heads * head_dim
+        return _blocks(((Q, heads), (K, kv_heads), (V, kv_heads)), head_dim)
     if heads is not None and kv_heads and heads % kv_heads == 0:
         group = heads // kv_heads
         if slots % (group + 2) == 0:
             kv = slots // (group + 2)
-            return group * kv * head_dim, kv * head_dim, kv * head_dim
+            return _blocks(((Q, group * kv), (K, kv), (V, kv)), head_dim)
+    if heads is None and slots % 3 == 0:  # no config: equal q, k and v (GPT-2 and every MHA model)
+        return _blocks(((Q, slots // 3), (K, slots // 3), (V, slots // 3)), head_dim)
     notes.append(f"layer {layer_idx}: qkv_proj has {slots} heads' rows, which no q/kv split of the config fits")
     return None
+
+
+def _blocks(parts, head_dim: int, start: int = 0) -> tuple:
+    """Consecutive blocks ((role, heads), ...) as row ranges from `start`."""
+    ranges = []
+    for role, heads in parts:
+        ranges.append((role, start, start + heads * head_dim))
+        start += heads * head_dim
+    return tuple(ranges)
 
 
 # -- 4) head_dim ------------------------------------------------------------------------------
@@ -363,23 +456,30 @@ def _qkv_rows(total_rows, head_dim, config, family, layer_idx, notes):
 
 def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: TensorIndex, notes) -> tuple[int | None, str]:
     """The first candidate that divides every layer's q and k rows, in order of trust: what a file
-    states or measures (head_dim, q/k norm widths, rotary frequencies) before ratios of sizes."""
-    candidates: list[tuple[object, str]] = [(family.config_value(config, "head_dim"), CONFIG_HEAD_DIM)]
-    q_norm = next((tensor for tensors in stack.layers.values() for rest, tensor, _, role, _ in tensors
-                   if role == Q_NORM and is_weight(rest) and tensor.shape), None)
+    states or measures (head_dim, per-head q/k norm widths, rotary frequencies) before ratios of sizes.
+    A base model's config counts only when it is of the same family and width as this one."""
+    candidates: list[tuple[object, str]] = []
+    parts = [config.get(key) for key in family.head_dim_sum]
+    if parts and all(isinstance(part, int) and not isinstance(part, bool) for part in parts):  # DeepSeek
+        candidates.append((sum(parts), CONFIG_HEAD_DIM_SUM + "+".join(family.head_dim_sum)))
+    candidates.append((family.config_value(config, "head_dim"), CONFIG_HEAD_DIM))
+    q_norm = _per_head_norm(stack)
     if q_norm is not None:
-        candidates.append((q_norm.shape[0], Q_NORM_SHAPE))
+        candidates.append((q_norm, Q_NORM_SHAPE))
     if (config.get("partial_rotary_factor") or 1) == 1:  # partial rotary: inv_freq covers part of a head
         inv_freq = next((tensor for tensor in index.tensors if tensor.name.endswith("inv_freq") and tensor.shape), None)
         if inv_freq is not None:
             candidates.append((2 * inv_freq.shape[0], ROTARY_LENGTH))
-    if base_config:
+    if base_config and _same_kind(base_config, config, family, stack):
         candidates.append((family.config_value(base_config, "head_dim"), BASE_HEAD_DIM))
         candidates.append((_ratio(base_config, family), BASE_RATIO))
+    elif base_config:
+        notes.append("the base model's config is not used for head_dim: it is of another family or width")
     candidates.append((_ratio(config, family), CONFIG_RATIO))
-    weights = [(role, tensor.shape[0]) for tensors in stack.layers.values() for rest, tensor, _, role, _ in tensors
-               if is_weight(rest) and tensor.shape and role in (Q, QKV, K)]
-    rows = [row for role, row in weights if role != K] + [row for role, row in weights if role == K]
+    weights = [(role, tensor.shape[::-1] if module in family.transposed else tensor.shape)
+               for tensors in stack.layers.values() for rest, tensor, _, role, module in tensors
+               if role in (Q, QKV, K, "q_b_proj") and is_weight(rest) and tensor.shape]
+    rows = [shape[0] for role, shape in weights if role != K] + [shape[0] for role, shape in weights if role == K]
     rejected = []
     for value, source in candidates:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -397,19 +497,56 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
     return None, UNKNOWN
 
 
+def _per_head_norm(stack: DecoderStack) -> int | None:
+    """The width of a q norm that normalises each head on its own ([head_dim], as in Qwen3, Gemma-3 and
+    StableLM). A norm as wide as its layer's q projection (OLMo-2, OLMoE) spans every head and says
+    nothing about head_dim."""
+    for tensors in stack.layers.values():
+        q_rows = next((tensor.shape[0] for rest, tensor, _, role, _ in tensors
+                       if role in (Q, QKV) and is_weight(rest) and tensor.shape), None)
+        for rest, tensor, _, role, _ in tensors:
+            if role == Q_NORM and is_weight(rest) and tensor.shape and tensor.shape[0] != q_rows:
+                return tensor.shape[0]
+    return None
+
+
+def _same_kind(base_config: dict, config: dict, family: Family, stack: DecoderStack) -> bool:
+    """Whether a base model's config may speak for this model's heads: same family, same width."""
+    if config.get("model_type") and base_config.get("model_type") and \
+            config["model_type"] != base_config["model_type"]:
+        return False
+    base_hidden, hidden = family.config_value(base_config, "hidden"), family.config_value(config, "hidden")
+    if base_hidden is not None and hidden is not None:
+        return base_hidden == hidden
+    outside_width = next((tensor.shape[1] for tensor in stack.outside
+                          if _is_embedding_weight(family, tensor.name) and len(tensor.shape) == 2), None)
+    return base_hidden is None or outside_width is None or base_hidden == outside_width
+
+
 def _fits_config(stack: DecoderStack, config: dict, family: Family, head_dim: int) -> bool:
     """Whether every layer's q (or fused qkv) rows are what the config's head counts say."""
     heads = family.config_value(config, "heads")
-    kv_heads = family.config_value(config, "kv_heads") or heads
+    kv_heads = _configured_kv_heads(config, family)
     for tensors in stack.layers.values():
-        for rest, tensor, _, role, _ in tensors:
-            if not is_weight(rest) or heads is None:
+        for rest, tensor, _, role, module in tensors:
+            if not is_weight(rest) or heads is None or not tensor.shape:
                 continue
-            if role == Q and tensor.shape[0] != heads * head_dim:
+            out = tensor.shape[-1] if module in family.transposed else tensor.shape[0]
+            if role == Q and out != heads * head_dim:
                 return False
-            if role == QKV and tensor.shape[0] != (heads + 2 * kv_heads) * head_dim:
+            if role == QKV and out != (heads + 2 * kv_heads) * head_dim:
                 return False
     return True
+
+
+def _configured_kv_heads(config: dict, family: Family) -> int | None:
+    """KV heads as the config means them: one in a multi-query layout (Falcon-7B's num_kv_heads says
+    nothing), else num_key_value_heads (or its family's name), else the heads."""
+    fused = family.fused_layout(config).get(QKV)
+    if fused is not None and fused.split == MULTI_QUERY:
+        return 1
+    kv_heads = family.config_value(config, "kv_heads")
+    return kv_heads if kv_heads is not None else family.config_value(config, "heads")
 
 
 def _ratio(config: dict, family: Family) -> int | None:
@@ -429,7 +566,7 @@ def _dtype_counts(tensors) -> dict[str, int]:
     return counts
 
 
-def _with_mismatches(structure: ModelStructure, config: dict, family: Family) -> ModelStructure:
+def _with_mismatches(structure: ModelStructure, config: dict, family: Family, extra_layers: int = 0) -> ModelStructure:
     """Where the config's numbers disagree with the shapes, say so (pruning tools leave configs stale)."""
     if not config:
         return structure
@@ -447,21 +584,59 @@ def _with_mismatches(structure: ModelStructure, config: dict, family: Family) ->
                                "per_layer": {str(idx): value for idx, value in sorted(differing.items())}})
 
     configured_layers = family.config_value(config, "layers")
-    if configured_layers is not None and configured_layers != len(layers):
-        mismatches.append({"field": "num_hidden_layers", "config": configured_layers, "actual": len(layers),
+    if configured_layers is not None and configured_layers != len(layers) - extra_layers:
+        mismatches.append({"field": "num_hidden_layers", "config": configured_layers, "actual": len(layers) - extra_layers,
                            "layers": []})
     heads = family.config_value(config, "heads")
     # Layers whose attention or MLP prunescope could not place (unknown families) say nothing here.
     with_attention = [layer for layer in layers if layer.attention.total]
     with_mlp = [layer for layer in layers if layer.mlp.total]
+    explained, judged = _pruned_heads_agree(config, heads, with_attention, mismatches)
+    notes = list(structure.notes)
+    if explained:
+        notes.append(f"config pruned_heads says which heads layers {explained} lost, and the shapes agree")
+    with_attention = [layer for layer in with_attention if layer.layer_idx not in judged]
     check("num_attention_heads", heads, [(layer.layer_idx, layer.attention.num_heads) for layer in with_attention])
-    check("num_key_value_heads", family.config_value(config, "kv_heads") or heads,
-          [(layer.layer_idx, layer.attention.num_kv_heads) for layer in with_attention])
+    check("num_key_value_heads", _configured_kv_heads(config, family),
+          [(layer.layer_idx, layer.attention.num_kv_heads) for layer in with_attention
+           if layer.attention.mla is None])  # MLA: every head reads the shared latent
+    dense = [layer for layer in with_mlp if not layer.mlp.num_experts]
+    sparse = [layer for layer in with_mlp if layer.mlp.num_experts]
     check("intermediate_size", family.config_value(config, "intermediate"),
-          [(layer.layer_idx, layer.mlp.intermediate_size) for layer in with_mlp])
+          [(layer.layer_idx, layer.mlp.intermediate_size) for layer in dense])
+    if sparse:  # reported under the config's own key: num_local_experts, num_experts, n_routed_experts
+        check(family.config_key(config, "experts") or "num_experts", family.config_value(config, "experts"),
+              [(layer.layer_idx, layer.mlp.num_experts) for layer in sparse])
+        check(family.config_key(config, "expert_intermediate") or "moe_intermediate_size",
+              family.config_value(config, "expert_intermediate"),
+              [(layer.layer_idx, layer.mlp.expert_intermediate_size) for layer in sparse
+               if not isinstance(layer.mlp.expert_intermediate_size, list)])
     for field_name, size, actual in (("hidden_size", "hidden", structure.hidden_size),
                                      ("vocab_size", "vocab", structure.vocab_size)):
         configured = family.config_value(config, size)
         if configured is not None and actual is not None and configured != actual:
             mismatches.append({"field": field_name, "config": configured, "actual": actual, "layers": []})
-    return structure.replace(config_mismatches=tuple(mismatches)) if mismatches else structure
+    return structure.replace(config_mismatches=tuple(mismatches), notes=tuple(notes))
+
+
+def _pruned_heads_agree(config: dict, heads: int | None, layers, mismatches: list) -> tuple[list[int], set[int]]:
+    """(layers whose head count is what config.pruned_heads says, every layer it speaks of). Head pruning
+    through transformers' prune_heads writes it (layer -> removed heads); a layer it gets wrong is a
+    `pruned_heads` mismatch."""
+    pruned = config.get("pruned_heads")
+    if not isinstance(pruned, dict) or not pruned or heads is None:
+        return [], set()
+    agree, judged = [], set()
+    for layer in layers:
+        removed = pruned.get(str(layer.layer_idx), pruned.get(layer.layer_idx))
+        if not isinstance(removed, list):
+            continue
+        expected = heads - len(set(removed))
+        judged.add(layer.layer_idx)
+        if layer.attention.num_heads == expected:
+            agree.append(layer.layer_idx)
+        elif layer.attention.num_heads is not None:
+            mismatches.append({"field": "pruned_heads", "config": expected, "actual": layer.attention.num_heads,
+                               "layers": [layer.layer_idx],
+                               "per_layer": {str(layer.layer_idx): layer.attention.num_heads}})
+    return agree, judged

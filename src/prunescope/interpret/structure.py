@@ -8,18 +8,25 @@ from __future__ import annotations
 
 from ..records import Record
 
+# What decides whether a layer is all zero: its attention and MLP (routers and experts included).
+CONTENT_BUCKETS = ("attention", "mla", "attention_other", "mlp", "router", "experts", "shared_experts",
+                   "mlp_other")
+
 
 class AttentionStructure(Record):
     type: str
     total: int
-    q_proj: int
-    k_proj: int
-    v_proj: int
+    q_proj: int | None  # None where the attention has no such projection (MLA: q_a/q_b, no k or v)
+    k_proj: int | None
+    v_proj: int | None
     o_proj: int
     num_heads: int | None
     num_kv_heads: int | None
     qk_norm: int = 0  # q_norm/k_norm inside the attention module (Qwen3, Gemma3)
     other: int = 0
+    # Multi-head latent attention (DeepSeek): parameters per tensor group (q_a_proj, ..., kv_b_proj) and
+    # the ranks and head widths the shapes give (q_lora_rank, kv_lora_rank, qk_nope_head_dim, ...).
+    mla: dict | None = None
 
 
 class MlpStructure(Record):
@@ -28,8 +35,17 @@ class MlpStructure(Record):
     gate_proj: int | None  # None for MLPs without a gate (OPT, Phi-2: fc1/fc2)
     up_proj: int
     down_proj: int
-    intermediate_size: int | None
+    intermediate_size: int | None  # None in MoE layers: the width belongs to the experts
     other: int = 0
+    # Mixture-of-Experts layers (None / 0 in dense layers): routed experts present in the file, the
+    # router's parameters, all routed experts', the shared experts' (and their gate's), and each routed
+    # expert's intermediate width (one number, or a list when the experts differ). gate/up/down_proj
+    # are then sums over the routed experts.
+    num_experts: int | None = None
+    router: int = 0
+    experts: int = 0
+    shared_experts: int = 0
+    expert_intermediate_size: int | list | None = None
 
 
 class LayerContents(Record):
@@ -46,6 +62,8 @@ class LayerContents(Record):
     effective_heads: int | None  # heads whose q rows or o columns are not all zero
     effective_kv_heads: int | None
     effective_intermediate_size: int | None  # MLP channels not zeroed in gate, up and down alike
+    expert_nonzero: tuple[int, ...] = ()  # MoE layers: nonzero values of each routed expert
+    expert_nm: tuple[dict, ...] = ()  # MoE layers: per routed expert, {"2:4": share of complying groups, ...}
 
 
 class ModelContents(Record):
@@ -74,12 +92,21 @@ class LayerStructure(Record):
     # (full name -> ((role, first row, end row), ...)).
     tensor_roles: dict[str, tuple[str, str | None]] = {}
     fused_rows: dict[str, tuple[tuple[str, int, int], ...]] = {}
+    # Routed experts' tensors: full name -> the expert's number, or None for a stacked tensor holding
+    # every expert along its first dimension.
+    expert_tensors: dict[str, int | None] = {}
+    transposed: tuple[str, ...] = ()  # weights stored [in, out] (GPT-2's Conv1D)
+    # Per routed expert, a hash of its sampled contents (stage 4): equal for an expert kept verbatim.
+    expert_fingerprints: tuple[str, ...] = ()
+
+    @property
+    def stacked_expert_tensors(self) -> tuple[str, ...]:
+        return tuple(name for name, number in self.expert_tensors.items() if number is None)
 
     @property
     def content_tensors(self) -> tuple[str, ...]:
         """The attention and MLP parameters: what decides whether a layer is all zero."""
-        return tuple(name for name, (bucket, _) in self.tensor_roles.items()
-                     if bucket in ("attention", "attention_other", "mlp", "mlp_other"))
+        return tuple(name for name, (bucket, _) in self.tensor_roles.items() if bucket in CONTENT_BUCKETS)
 
 
 class ModelStructure(Record):
@@ -102,6 +129,13 @@ class ModelStructure(Record):
     config_mismatches: tuple[dict, ...] = ()
     notes: tuple[str, ...] = ()
     position_embedding_params: int = 0  # learned position embeddings (OPT)
+    embedding_norm_params: int = 0  # a norm right after the embedding (Bloom)
+    # Mixture-of-Experts models (None otherwise): experts chosen per token (config), routed experts per
+    # layer (0 for dense layers), and the parameters one token meets: total minus the routed experts
+    # plus top_k experts' worth per MoE layer.
+    top_k: int | None = None
+    num_experts: tuple[int, ...] | None = None
+    active_params: int | None = None
     # Schema name -> the family's own name, where they differ (e.g. o_proj -> out_proj).
     projection_names: dict = {}
     slicing: dict | None = None  # SliceGPT: the slicing configuration and how it matches the shapes

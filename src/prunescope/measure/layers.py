@@ -18,31 +18,44 @@ from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
+EXPERT_SAMPLE = 512  # bytes of each expert's tensors in its fingerprint: enough to tell experts apart
 
 
 def measure_layers(structure: ModelStructure, index: TensorIndex, files=None) -> ModelStructure:
-    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer. `files` reads
-    the bytes (readers/access.py; local files when not given): the first pages of every layer are
-    asked for in one batch, which a remote model fetches concurrently."""
+    """The structure with `is_zero_layer` and `fingerprint` filled in for every layer (and, in MoE
+    layers, `expert_fingerprints`). `files` reads the bytes (readers/access.py; local files when not
+    given): the first pages of every layer are asked for in one batch, which a remote model fetches
+    concurrently."""
     if files is None:
         with LocalFiles() as local:
             return measure_layers(structure, index, local)
+    import zlib
+
     by_name = {tensor.name: tensor for tensor in index.tensors}
     # A quantized weight is read as its stored codes (prunescope.quantized), in the logical one's place.
     codes = {name: item.data for name, item in index.encoded.items()}
     per_layer = []
     for layer in structure.layers:
-        names = sorted(layer.content_tensors, key=lambda name: _local_name(by_name[name]))
+        names = sorted((name for name in layer.content_tensors if name not in layer.expert_tensors),
+                       key=lambda name: _local_name(by_name[name]))
         per_layer.append((names, [codes.get(name, by_name[name]) for name in names]))
     pages = iter(_first_pages([tensor for _, tensors in per_layer for tensor in tensors], files))
     layers = []
     for layer, (names, tensors) in zip(structure.layers, per_layer):
         first_pages = [next(pages) for _ in tensors]
-        layers.append(layer.replace(
-            is_zero_layer=all(_is_all_zero(tensor, files, page) if name not in index.encoded
-                              else _encodes_zeros(index.encoded[name], files, page)
-                              for name, tensor, page in zip(names, tensors, first_pages)),
-            fingerprint=_fingerprint(tensors, first_pages)))
+        experts = layer.expert_tensors
+        expert_prints = _expert_fingerprints(experts, {**by_name, **codes}, files)
+        fingerprint = _fingerprint(tensors, first_pages)
+        if expert_prints:  # an MoE layer: its experts enter the layer's fingerprint by theirs
+            fingerprint = f"{zlib.crc32('|'.join(expert_prints).encode(), int(fingerprint, 16)):08x}"
+        # The experts' bytes are read only when everything else in the layer is zero.
+        is_zero = all(_is_all_zero(tensor, files, page) if name not in index.encoded
+                      else _encodes_zeros(index.encoded[name], files, page)
+                      for name, tensor, page in zip(names, tensors, first_pages)) and \
+            all(_is_all_zero(by_name[name], files, b"") if name not in index.encoded
+                else _encodes_zeros(index.encoded[name], files, b"") for name in experts)
+        layers.append(layer.replace(is_zero_layer=is_zero, fingerprint=fingerprint,
+                                    expert_fingerprints=expert_prints))
     return structure.replace(layers=tuple(layers))
 
 
@@ -69,6 +82,44 @@ def _zero_byte(item: Encoded) -> int | None:
     if item.scheme == BNB4 and len(item.parts["zero_codes"]) == 1:
         return item.parts["zero_codes"][0] * 0x11
     return None
+
+
+
+def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[str, ...]:
+    """One fingerprint per routed expert, in the experts' order: the checksum of the name, shape and
+    first bytes of its first tensor by name (w1 / gate_proj; a stacked gate_up_proj's slice): an expert
+    kept verbatim matches, and random or trained weights differ in their first values already. One
+    small read per expert keeps a Mixtral-8x7B header analysis near the cost of parsing it. Empty when a
+    stacked tensor is not stored in one piece (its slices cannot be located cheaply)."""
+    import zlib
+
+    per_expert: dict[int, int] = {}
+    wanted = []  # (expert, its label, tensor, (file, offset, size))
+    first = min((_local_name(by_name[name]) for name in expert_tensors), default=None)
+    for name, number in expert_tensors.items():
+        tensor = by_name[name]
+        local = _local_name(tensor)
+        if local != first:
+            continue  # one tensor per expert (its gate, or stacked gate_up) identifies it: one read each
+        ranges = [(tensor.offset, tensor.numel * tensor.itemsize)] if tensor.stride is None else tensor.byte_ranges()
+        stacked = number is None
+        if not ranges or not ranges[0][1] or (stacked and (len(ranges) != 1 or not tensor.shape[0])):
+            return ()
+        start, length = ranges[0]
+        count = tensor.shape[0] if stacked else 1
+        share = length // count
+        size = min(share, EXPERT_SAMPLE)
+        shape = tensor.shape[1:] if stacked else tensor.shape
+        for expert in range(count):
+            wanted.append((expert if stacked else number, f"{local}|{tensor.dtype}|{shape}", tensor,
+                           (tensor.file, start + expert * share, size)))
+    # One batch of small reads (concurrent for a remote model).
+    for (key, label, tensor, (_, _, size)), sample in zip(wanted, files.read_ranges([w[3] for w in wanted])):
+        if len(sample) != size:
+            raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
+                                  "re-save or re-download it")
+        per_expert[key] = zlib.crc32(sample, zlib.crc32(label.encode(), per_expert.get(key, 0)))
+    return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
 
 def _local_name(tensor: TensorInfo) -> str:

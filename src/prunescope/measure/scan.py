@@ -34,6 +34,7 @@ class TensorContents(Record):
     column_nonzero: object = None  # numpy bool array: any nonzero per input column (matrices only)
     # "2:4" -> numpy array: per output row, its groups with at least 2 zeros (to split fused projections).
     row_compliant: dict = {}
+    shape: tuple = ()
 
     @property
     def zero_rows(self) -> int | None:
@@ -141,7 +142,7 @@ def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
     """(file offset to map from, byte length, element offset inside the map, element strides)."""
     _, width = _rows_and_width(tensor)
     item = tensor.itemsize
-    if tensor.stride is None:
+    if tensor.stride is None or tuple(tensor.stride) == _contiguous_strides(tensor.shape):
         row_stride, column_stride = width, 1
     else:
         if len(tensor.stride) > 2 and any(size != 1 for size in tensor.shape[:-2]):
@@ -155,6 +156,14 @@ def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
     first = tensor.offset + start_row * row_stride * item
     span = ((rows - 1) * row_stride + (width - 1) * column_stride + 1) * item
     return first, span, (row_stride, column_stride)
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _count_job(job):
@@ -255,8 +264,8 @@ class _Counter:
 
         nonzero, groups, row_counts, columns = result
         self.nonzero += nonzero
-        if len(self.tensor.shape) != 2:
-            return  # vectors: only their nonzeros matter
+        if len(self.tensor.shape) < 2:
+            return  # vectors: only their nonzeros matter; stacked experts [E, rows, width] are rows too
         total_rows, width = _rows_and_width(self.tensor)
         if self.rows is None:
             self.rows = np.zeros(total_rows, dtype=np.int64)
@@ -276,7 +285,7 @@ class _Counter:
         groups = {pattern: (compliant, total_rows * (width // int(pattern.split(":")[1])))
                   for pattern, compliant in totals.items()}
         return TensorContents(self.tensor.name, self.tensor.numel, self.nonzero, groups, self.rows, self.columns,
-                              dict(self.groups))
+                              dict(self.groups), tuple(self.tensor.shape))
 
 
 # -- from tensor contents to the model's structure ---------------------------------------------
@@ -303,7 +312,7 @@ def apply_contents(structure, contents: dict[str, TensorContents]):
             if bucket in ("attention", "mlp"):
                 per_projection[role] = per_projection.get(role, 0) + contents[name].nonzero
                 if name.endswith(".weight") and contents[name].row_nonzero is not None:
-                    weights[role] = contents[name]
+                    weights[role] = _as_out_in(contents[name]) if name in layer.transposed else contents[name]
                     weight_names[role] = name
         _split_fused_nonzero(layer, weights, weight_names, per_projection)
         nm = {pattern: bool(weights) and all(_complies(c, pattern) for c in weights.values())
@@ -321,6 +330,7 @@ def apply_contents(structure, contents: dict[str, TensorContents]):
             projection_zero_columns={role: c.zero_columns for role, c in weights.items()},
             nm_sparsity="2:4" if nm["2:4"] else "4:8" if nm["4:8"] else None,
             **_effective_sizes(layer, weights, structure.head_dim),
+            **_per_expert(layer.expert_tensors, contents),
         )
         layers.append(layer.replace(contents=layer_contents))
     nonzero_params = sum(c.nonzero for c in contents.values())
@@ -331,6 +341,48 @@ def apply_contents(structure, contents: dict[str, TensorContents]):
         tensors=tuple({"name": c.name, "numel": c.numel, "nonzero": c.nonzero} for c in contents.values()),
     )
     return structure.replace(layers=tuple(layers), contents=model_contents)
+
+
+def _as_out_in(contents: TensorContents) -> TensorContents:
+    """A weight stored [in, out] (GPT-2's Conv1D) seen as [out, in]: which outputs and inputs are all zero.
+    Its N:M groups run along the outputs, not the inputs, so they are not counted as N:M sparsity."""
+    return TensorContents(contents.name, contents.numel, contents.nonzero, {},
+                          contents.column_nonzero.astype("int64"), contents.row_nonzero > 0, {}, contents.shape[::-1])
+
+
+def _per_expert(expert_tensors: dict, contents: dict) -> dict:
+    """Nonzero values and N:M shares of each routed expert: per-expert tensors by their number, stacked
+    tensors [E, ...] by slicing their per-row counts into E equal parts."""
+    nonzero: dict[int, int] = {}
+    groups: dict[int, dict[str, list[int]]] = {}
+
+    def add(expert, count, pattern_groups):
+        nonzero[expert] = nonzero.get(expert, 0) + count
+        for pattern, (compliant, total) in pattern_groups.items():
+            tally = groups.setdefault(expert, {}).setdefault(pattern, [0, 0])
+            tally[0] += compliant
+            tally[1] += total
+
+    for name, number in expert_tensors.items():
+        tensor = contents.get(name)
+        if tensor is None:
+            continue
+        if number is not None:
+            add(number, tensor.nonzero, tensor.nm_groups)
+            continue
+        if tensor.row_nonzero is None:
+            return {}
+        experts = tensor.shape[0]
+        rows = tensor.row_nonzero.reshape(experts, -1)
+        for expert in range(experts):
+            per_pattern = {}
+            for pattern, per_row in tensor.row_compliant.items():
+                _, total = tensor.nm_groups[pattern]
+                per_pattern[pattern] = (int(per_row.reshape(experts, -1)[expert].sum()), total // experts)
+            add(expert, int(rows[expert].sum()), per_pattern)
+    order = sorted(nonzero)
+    return {"expert_nonzero": tuple(nonzero[e] for e in order),
+            "expert_nm": tuple({p: round(a / b, 6) for p, (a, b) in groups.get(e, {}).items() if b} for e in order)}
 
 
 def _projection_roles(layer):
@@ -346,17 +398,24 @@ def _complies(contents: TensorContents, pattern: str) -> bool:
 
 
 def _split_fused_nonzero(layer, weights: dict, weight_names: dict, per_projection: dict) -> None:
-    """Phi-3's qkv_proj / gate_up_proj: nonzeros, N:M groups and zero rows per part, from the per-row
-    counts, divided where stage 3 divided the rows (input columns are shared by the parts, so zero
-    columns stay with the fused weight; a fused bias is not split)."""
+    """Fused qkv_proj / gate_up_proj (Phi-3, GPT-NeoX, Falcon, Bloom): nonzeros, N:M groups and zero
+    rows per part, from the per-row counts, divided where stage 3 divided the rows; a part may own
+    several interleaved ranges (one per head or KV group), taken in order. Input columns are shared by
+    the parts, so zero columns stay with the fused weight; a fused bias is not split."""
+    import numpy as np
+
     parts = {role: layer.fused_rows[name] for role, name in weight_names.items() if name in layer.fused_rows}
     for fused, pieces in parts.items():
         whole = weights.pop(fused)
         per_projection.pop(fused, None)
         width_groups = {pattern: total // max(1, len(whole.row_nonzero)) for pattern, (_, total) in whole.nm_groups.items()}
+        rows_of: dict[str, list[int]] = {}
         for role, start, end in pieces:
-            row_nonzero = whole.row_nonzero[start:end]
-            groups = {pattern: (int(per_row[start:end].sum()), (end - start) * width_groups[pattern])
+            rows_of.setdefault(role, []).extend(range(start, end))
+        for role, rows in rows_of.items():
+            index = np.asarray(rows, dtype=np.int64)
+            row_nonzero = whole.row_nonzero[index]
+            groups = {pattern: (int(per_row[index].sum()), len(rows) * width_groups[pattern])
                       for pattern, per_row in whole.row_compliant.items()}
             per_projection[role] = int(row_nonzero.sum())
             weights[role] = TensorContents(role, 0, per_projection[role], groups, row_nonzero, None)
