@@ -11,6 +11,7 @@ from . import __version__
 from .discover import discover_models
 from .atomic import write_json
 from .console import format_table, human, reduction, value_range
+from .compute import ComputeOptions
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -20,7 +21,7 @@ RULE = "=" * 80
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
-              out=None, sparsity: bool = False, device: str = "auto") -> int:
+              out=None, sparsity: bool = False, device: str = "auto", options: ComputeOptions | None = None) -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
@@ -77,7 +78,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     base_error = None
     if base_model:
         try:
-            base = analyse_path(base_model, scan=scan)
+            base = analyse_path(base_model, scan=scan, options=options)
             say(f"✓ base model: {base.structure.model_name} ({human(base.structure.total_params)} parameters, "
                 f"{base.structure.num_layers} layers)")
         except CheckpointError as error:
@@ -90,7 +91,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     results: list[ModelResult] = []
     progress = _progress(len(entries))
     for number, entry in enumerate(entries, 1):
-        result = analyse_entry(entry, output_dir, base, force, scan)
+        result = analyse_entry(entry, output_dir, base, force, scan, options)
         results.append(result)
         line = _status_line(number, len(entries), result)
         if progress is not None:

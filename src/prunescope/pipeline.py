@@ -10,6 +10,7 @@ import os
 
 from . import __version__
 from .compare import Comparison
+from .compute import ComputeOptions, compute
 from .discover import Checkpoint, ModelEntry, examine
 from .readers import read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
@@ -103,7 +104,7 @@ class ScanOptions(Record):
 
 
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
-                       scan: ScanOptions | None = None) -> ModelAnalysis:
+                       scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
     source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
     index = read_tensor_index(checkpoint.weight_files)
@@ -123,7 +124,16 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
     structure = measure_layers(structure, index)
     if scan is not None:
         structure = _scan_contents(structure, index, scan)
+    structure = with_compute(structure, options)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
+
+
+def with_compute(structure: ModelStructure, options: ComputeOptions | None) -> ModelStructure:
+    """The structure with its FLOPs, KV cache and memory under `options` (kept when already computed so)."""
+    options = options or ComputeOptions()
+    if structure.compute is not None and structure.compute.options == options:
+        return structure
+    return structure.replace(compute=compute(structure, options))
 
 
 def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> ModelStructure:
@@ -148,7 +158,8 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions) -> Mo
     return apply_contents(structure, contents)
 
 
-def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions | None = None) -> ModelAnalysis:
+def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions | None = None,
+                 options: ComputeOptions | None = None) -> ModelAnalysis:
     """A single model given by path (a folder or a checkpoint file), e.g. the base model or `inspect PATH`."""
     name = os.path.basename(os.path.normpath(path))
     entries = examine(path, name)
@@ -161,7 +172,7 @@ def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions |
     if len(found) > 1:
         raise CheckpointError(path, f"holds {len(found)} checkpoints: " + ", ".join(e.name for e in found),
                               "give one of them")
-    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config, scan)
+    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config, scan, options)
 
 
 # -- batch ------------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ def analysis_dirs(entry: ModelEntry, output_dir: str) -> tuple[str, str]:
 
 
 def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None, force: bool,
-                  scan: ScanOptions | None = None) -> ModelResult:
+                  scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelResult:
     if entry.error:
         return ModelResult(entry, "error", entry.error)
     if entry.skip_reason:
@@ -197,12 +208,16 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
                     found_in = folder
                     break
         reused = analysis is not None
+        if reused:
+            structure = with_compute(analysis.structure, options)
+            if structure is not analysis.structure:  # other --seq_len, --context, ...: the files get the new figures
+                analysis, reused = analysis.replace(structure=structure), False
         if reused and base is None:
             # Nothing new to say: the files on disk (and a comparison an earlier run made against a base)
             # stay as they are, one coherent set.
             return ModelResult(entry, "analysed", "", analysis, None, found_in, True)
         if analysis is None:
-            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan)
+            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan, options)
         comparison = None
         if base is not None:
             from .compare import compare  # only with --base_model
@@ -257,6 +272,8 @@ def _reuse(entry: ModelEntry, folder: str, base_config: dict | None) -> ModelAna
         current = fingerprint(entry.checkpoint)
         if any(source.get(key) != value for key, value in current.items()) or data.get("model_name") != entry.name:
             return None
+        if "compute" not in data:
+            return None  # written before the compute figures existed
         structure = structure_from_dict(data)
         if _depends_on_base(structure) and source.get("base_config") != config_digest(base_config):
             return None

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 
+from ..families.windows import attention_windows
 from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_prefix, first_architecture,
                         model_type_from_classes, short_class)
-from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, FINAL_NORM, GATE, GATE_UP, HEADS, K, LM_HEAD,
+from ..families.base import (ATTENTION_PROJECTIONS, DOWN, MLP_PROJECTIONS, EMBEDDING, FINAL_NORM, GATE, GATE_UP, HEADS, K, LM_HEAD,
                              O, POSITIONS, Q, Q_NORM, QKV, UP, Family, is_weight)
 from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
@@ -50,6 +51,7 @@ class OutsideBuckets(Record):
     other_names: tuple[str, ...]
     embedding_tensor: TensorInfo | None
     lm_head_seen: bool
+    lm_head_tensor: TensorInfo | None = None
 
 
 def interpret(index: TensorIndex, name: str, config: dict | None = None,
@@ -77,11 +79,12 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         class_prefix(short_class(index.module_classes.get("")))
     names: dict[str, str] = {}
     layers, residual_widths = [], []
-    for layer_idx in sorted(stack.layers):
+    windows = attention_windows(config, len(stack.layers))
+    for layer_idx, window in zip(sorted(stack.layers), windows):
         classes = {part: index.module_classes.get(f"{stack.prefix}.{layer_idx}{part}")
                    for part in ("", f".{family.attention}", f".{family.mlp}")}
         layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
-        layers.append(layer)
+        layers.append(layer.replace(attention_window=window) if window else layer)
         residual_widths.append(residual_width)
     indices = sorted(stack.layers)
     if indices and indices != list(range(indices[0], indices[0] + len(indices))):
@@ -116,6 +119,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         position_embedding_params=outside.positions,
         projection_names=names,
         layer_prefix=stack.prefix,
+        lm_head_shape=_lm_head_shape(embedding_tensor if tied else outside.lm_head_tensor),
     )
     assert structure.total_params == (outside.embedding + outside.positions + outside.lm_head + outside.final_norm
                                       + outside.other + structure.total_layer_params), "buckets must add up"
@@ -187,7 +191,7 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
 def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> OutsideBuckets:
     counts = {EMBEDDING: 0, POSITIONS: 0, LM_HEAD: 0, FINAL_NORM: 0, None: 0}
     other_names = []
-    embedding_tensor = None
+    embedding_tensor = lm_head_tensor = None
     for tensor in outside:
         role = family.outside_role(tensor.name)
         if role == EMBEDDING and not is_weight(tensor.name):
@@ -197,11 +201,18 @@ def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> Outside
             other_names.append(tensor.name)
         elif role == EMBEDDING:
             embedding_tensor = tensor
+        elif role == LM_HEAD and is_weight(tensor.name):
+            lm_head_tensor = tensor
     return OutsideBuckets(
         embedding=counts[EMBEDDING], positions=counts[POSITIONS], lm_head=counts[LM_HEAD],
         final_norm=counts[FINAL_NORM], other=counts[None], other_names=tuple(other_names),
         embedding_tensor=embedding_tensor,
-        lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside))
+        lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside),
+        lm_head_tensor=lm_head_tensor)
+
+
+def _lm_head_shape(tensor: TensorInfo | None) -> tuple[int, ...] | None:
+    return tuple(tensor.shape) if tensor is not None and len(tensor.shape) == 2 else None
 
 
 def _tying(outside: OutsideBuckets, aliases: dict[str, str], family: Family, config: dict, notes: list[str]) -> bool:
@@ -266,6 +277,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
             names[part] = f"{modules[fused].rsplit('.', 1)[-1]} (split)"
         if parts and fused in weights:
             fused_rows[f"{stack.prefix}.{layer_idx}.{modules[fused]}.weight"] = parts
+    weight_shapes = _weight_shapes(weights, rows, tensors, family)
 
     def heads(projection: str) -> int | None:
         if projection not in rows:
@@ -303,10 +315,29 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     total = attention.total + mlp.total + buckets["norm"] + buckets["shortcut"] + buckets["other"]
     layer = LayerStructure(
         layer_idx=layer_idx, total=total, attention=attention, mlp=mlp, norm=buckets["norm"],
-        other=buckets["other"], shortcut=buckets["shortcut"], widths=widths,
+        other=buckets["other"], shortcut=buckets["shortcut"], widths=widths, weight_shapes=weight_shapes,
         tensor_roles={tensor.name: (bucket, role) for _, tensor, bucket, role, _ in tensors},
         fused_rows=fused_rows)
     return layer, residual_width
+
+
+def _weight_shapes(weights, rows, tensors, family: Family) -> dict[str, tuple[int, int]]:
+    """(out, in) of each projection's weight by its schema name, a fused weight's parts with their own
+    rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names."""
+    stored = dict(weights)
+    for fused, description in family.fused.items():
+        for part in description.parts:
+            if fused in weights:
+                stored[part] = weights[fused]
+    shapes = {}
+    for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS:
+        shape = stored.get(role)
+        if shape and len(shape) == 2 and rows.get(role) is not None:
+            shapes[role] = (rows[role], shape[1])
+    for _, tensor, bucket, _, module in tensors:
+        if bucket == "shortcut" and len(tensor.shape) == 2:
+            shapes[module] = tuple(tensor.shape)
+    return shapes
 
 
 def _columns(weights, roles) -> int | None:
