@@ -10,7 +10,7 @@ import time
 from . import __version__
 from .discover import discover_models
 from .atomic import write_json
-from .console import format_table, human, reduction, value_range
+from .console import format_table, human, human_bytes, reduction, value_range
 from .compute import ComputeOptions
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
@@ -207,8 +207,21 @@ def _batch_record(result: ModelResult) -> dict:
         "config_mismatches": len(structure.config_mismatches),
         "security_findings": [finding.line() for finding in result.analysis.findings],
         "notes": list(result.notes),
+        **({"compute": compute_summary(structure.compute, result.comparison)} if structure.compute else {}),
     })
     return record
+
+
+def compute_summary(figures, comparison=None) -> dict:
+    """The few compute figures a batch-level file carries (model_structure.json has them all)."""
+    summary = {"seq_len": figures.options.seq_len, "context": figures.options.context,
+               "prefill_flops": figures.prefill_flops, "prefill_macs": figures.prefill_flops // 2,
+               "decode_flops": figures.decode_flops, "kv_cache_bytes_per_token": figures.kv_cache_bytes_per_token,
+               "weight_bytes": figures.weight_bytes, "memory_bytes": figures.memory_bytes}
+    if comparison is not None and comparison.compute is not None:
+        summary["prefill_flops_reduction_ratio"] = comparison.compute["prefill_flops"].reduction_ratio
+        summary["kv_cache_reduction_ratio"] = comparison.compute["kv_cache_bytes_per_token"].reduction_ratio
+    return summary
 
 
 def merge_results(results: list[ModelResult], models_dir: str) -> dict:
@@ -240,17 +253,24 @@ def merge_results(results: list[ModelResult], models_dir: str) -> dict:
             "embedding_params": structure["embedding_params"],
             "lm_head_params": structure["lm_head_params"],
             "pruning": pruning,
+            **({"compute": {key: structure["compute"][key] for key in MERGED_COMPUTE}} if "compute" in structure else {}),
         })
     return {"timestamp": timestamp(), "models_dir": models_dir, "models": models}
 
 
+MERGED_COMPUTE = ("seq_len", "context", "prefill_flops", "prefill_macs", "decode_flops", "kv_cache_bytes_per_token",
+                  "weight_bytes", "memory_bytes")
+
+
 def closing_table(results: list[ModelResult]) -> str:
-    rows = [("model", "kind", "total params", "vs base", "layers", "heads", "intermediate", "notes")]
+    rows = [("model", "kind", "total params", "vs base", "layers", "heads", "intermediate", "MACs", "MACs vs base",
+             "memory", "notes")]
     for result in results:
         entry = result.entry
         kind = entry.checkpoint.kind if entry.checkpoint else "-"
         if result.status != "analysed":
-            rows.append((entry.name, kind, "-", "-", "-", "-", "-", result.status + ": " + _clip(result.message)))
+            rows.append((entry.name, kind, "-", "-", "-", "-", "-", "-", "-", "-",
+                         result.status + ": " + _clip(result.message)))
             continue
         structure = result.analysis.structure
         layers = structure.layers
@@ -279,10 +299,23 @@ def closing_table(results: list[ModelResult]) -> str:
         if result.reused:
             notes.append("reused")
         change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"
+        figures = structure.compute
+        compute_change = result.comparison.compute if result.comparison is not None else None
+        if compute_change is not None:
+            notes += [note for note in result.comparison.compute_notes if "sparse kernels" in note]
         rows.append((entry.name, kind, human(structure.total_params), change, str(structure.num_layers),
                      value_range(layer.attention.num_heads for layer in layers),
-                     value_range(layer.mlp.intermediate_size for layer in layers), "; ".join(notes)))
-    return format_table(rows, left=(0, 1, 7))
+                     value_range(layer.mlp.intermediate_size for layer in layers),
+                     human(figures.prefill_flops // 2) if figures else "-",
+                     reduction(compute_change["prefill_flops"].reduction_ratio) if compute_change else "-",
+                     human_bytes(figures.memory_bytes) if figures else "-", "; ".join(notes)))
+    table = format_table(rows, left=(0, 1, 10))
+    options = next((r.analysis.structure.compute.options for r in results
+                    if r.status == "analysed" and r.analysis.structure.compute is not None), None)
+    if options is not None:
+        table += (f"\nMACs: prefill of {options.seq_len} tokens (FLOPs = 2 x MACs, as torch's FlopCounterMode counts "
+                  f"an eager forward); memory: weights + KV cache at batch {options.batch} x context {options.context}")
+    return table
 
 
 def _clip(text: str, width: int = 70) -> str:

@@ -39,6 +39,7 @@ class LayerComparison(Record):
     shortcut: Change  # SliceGPT's rotations: where parameters went when the projections shrank
     is_zero_layer: bool | None
     nonzero: dict[str, Change] | None = None  # "total", "attention", "mlp": when both were scanned
+    compute: dict[str, Change] | None = None  # "prefill_flops", "decode_flops", "kv_cache_bytes_per_token"
 
 
 class LayerMatching(Record):
@@ -59,11 +60,15 @@ class Comparison(Record):
     layer_matching: LayerMatching
     nonzero_params: Change | None = None  # when both models' contents were scanned
     warnings: tuple[str, ...] = ()  # reasons to doubt that this base is the model's base
+    # FLOPs and KV bytes kept (same options on both sides): "prefill_flops", "prefill_macs", "decode_flops",
+    # "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes"; None when either lacks the figures.
+    compute: dict[str, Change] | None = None
+    compute_notes: tuple[str, ...] = ()
 
 
 def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
     pairs, matching = match_layers(base.layers, pruned.layers)
-    return Comparison(
+    comparison = Comparison(
         original_name=base.model_name,
         pruned_name=pruned.model_name,
         total_params=Change(base.total_params, pruned.total_params),
@@ -76,7 +81,36 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
         nonzero_params=Change(base.contents.nonzero_params, pruned.contents.nonzero_params)
         if base.contents is not None and pruned.contents is not None else None,
         warnings=_doubts(base, pruned),
+        compute=_compute_changes(base, pruned),
+        compute_notes=_compute_notes(base, pruned),
     )
+    return compare_layer_compute(comparison, base, pruned)
+
+
+def _compute_changes(base: ModelStructure, pruned: ModelStructure) -> dict[str, Change] | None:
+    if base.compute is None or pruned.compute is None:
+        return None
+    return {name: Change(getattr(base.compute, name), getattr(pruned.compute, name))
+            for name in COMPUTE_FIELDS}
+
+
+COMPUTE_FIELDS = ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes")
+
+
+def _compute_notes(base: ModelStructure, pruned: ModelStructure) -> tuple[str, ...]:
+    """Why FLOPs kept and parameters kept differ where a reader would expect them to agree."""
+    if base.compute is None or pruned.compute is None:
+        return ()
+    notes = []
+    if base.compute.options != pruned.compute.options:
+        notes.append("the base's figures were computed with other options: FLOPs are not comparable")
+    zeros = pruned.contents is not None and pruned.contents.nonzero_params < pruned.total_params
+    if zeros and pruned.compute.prefill_flops >= base.compute.prefill_flops:
+        kind = f"{pruned.contents.nm_sparsity} sparse" if pruned.contents.nm_sparsity else "zeroed in place"
+        notes.append(f"weights {kind}: dense FLOPs are unchanged; the savings need sparse kernels")
+    elif pruned.compute.prefill_flops >= base.compute.prefill_flops and pruned.total_params < base.total_params:
+        notes.append("fewer parameters but no fewer FLOPs (embeddings and other tensors cost no FLOPs)")
+    return tuple(notes)
 
 
 def _doubts(base: ModelStructure, pruned: ModelStructure) -> tuple[str, ...]:
@@ -172,6 +206,21 @@ def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> La
         is_zero_layer=layer.is_zero_layer,
         nonzero=_nonzero_changes(pick(original, "contents"), layer.contents),
     )
+
+
+def compare_layer_compute(comparison: Comparison, base: ModelStructure, pruned: ModelStructure) -> Comparison:
+    """Each compared layer's FLOPs and KV bytes against the base layer it was paired with."""
+    if base.compute is None or pruned.compute is None:
+        return comparison
+    base_by_idx = {layer.layer_idx: figures for layer, figures in zip(base.layers, base.compute.layers)}
+    figures_by_idx = {layer.layer_idx: figures for layer, figures in zip(pruned.layers, pruned.compute.layers)}
+    layers = []
+    for layer in comparison.layers:
+        original, figures = base_by_idx.get(layer.original_layer_idx), figures_by_idx[layer.layer_idx]
+        layers.append(layer.replace(compute={
+            name: Change(getattr(original, name) if original is not None else None, getattr(figures, name))
+            for name in ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token")}))
+    return comparison.replace(layers=tuple(layers))
 
 
 def _nonzero_changes(original, pruned) -> dict[str, Change] | None:

@@ -245,6 +245,8 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "norm": _change(layer.norm),
                 "shortcut": _change(layer.shortcut),
                 "is_zero_layer": layer.is_zero_layer,
+                **({"compute": {name: _change(change) for name, change in layer.compute.items()}}
+                   if layer.compute is not None else {}),
             }
             for layer in comparison.layers
         ],
@@ -255,6 +257,9 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                            "removed_original_layers": list(matching.removed_original_layers)},
         "warnings": list(comparison.warnings),
     }
+    if comparison.compute is not None:
+        data["compute"] = {name: _change(change) for name, change in comparison.compute.items()}
+        data["compute"]["notes"] = list(comparison.compute_notes)
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):
