@@ -60,8 +60,7 @@ class Comparison(Record):
     layer_matching: LayerMatching
     nonzero_params: Change | None = None  # when both models' contents were scanned
     warnings: tuple[str, ...] = ()  # reasons to doubt that this base is the model's base
-    # FLOPs and KV bytes kept (same options on both sides): "prefill_flops", "prefill_macs", "decode_flops",
-    # "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes"; None when either lacks the figures.
+    # FLOPs and KV bytes kept (same options on both sides): COMPUTE_FIELDS; None when either lacks the figures.
     compute: dict[str, Change] | None = None
     compute_notes: tuple[str, ...] = ()
 
@@ -94,7 +93,8 @@ def _compute_changes(base: ModelStructure, pruned: ModelStructure) -> dict[str, 
             for name in COMPUTE_FIELDS}
 
 
-COMPUTE_FIELDS = ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes")
+COMPUTE_FIELDS = ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes",
+                  "memory_bytes")
 
 
 def _compute_notes(base: ModelStructure, pruned: ModelStructure) -> tuple[str, ...]:
@@ -208,6 +208,10 @@ def _compare_layer(original: LayerStructure | None, layer: LayerStructure) -> La
     )
 
 
+LAYER_COMPUTE_FIELDS = ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token", "prefill_attention_projections",
+                        "prefill_attention_core", "prefill_mlp", "prefill_shortcut")
+
+
 def compare_layer_compute(comparison: Comparison, base: ModelStructure, pruned: ModelStructure) -> Comparison:
     """Each compared layer's FLOPs and KV bytes against the base layer it was paired with."""
     if base.compute is None or pruned.compute is None:
@@ -219,7 +223,7 @@ def compare_layer_compute(comparison: Comparison, base: ModelStructure, pruned: 
         original, figures = base_by_idx.get(layer.original_layer_idx), figures_by_idx[layer.layer_idx]
         layers.append(layer.replace(compute={
             name: Change(getattr(original, name) if original is not None else None, getattr(figures, name))
-            for name in ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token")}))
+            for name in LAYER_COMPUTE_FIELDS}))
     return comparison.replace(layers=tuple(layers))
 
 

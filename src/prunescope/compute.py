@@ -70,6 +70,12 @@ class LayerCompute(Record):
     def decode_flops(self) -> int:
         return self.decode.total
 
+    # The prefill split by name, for comparisons and tables.
+    prefill_attention_projections = property(lambda self: self.prefill.attention_projections)
+    prefill_attention_core = property(lambda self: self.prefill.attention_core)
+    prefill_mlp = property(lambda self: self.prefill.mlp)
+    prefill_shortcut = property(lambda self: self.prefill.shortcut)
+
 
 class ModelCompute(Record):
     options: ComputeOptions
