@@ -427,9 +427,9 @@ def flops_profile(study: Study):
                  and any(layer.prefill_flops is not None for layer in model.layers)), None)
     largest = max(layer.prefill_flops or 0 for model in models + ([base] if base else []) for layer in model.layers)
     scale, unit = param_scale(largest)
-    columns = min(len(models), 3)
+    columns = min(len(models), 3 if len(models) <= 9 else 5)
     rows = math.ceil(len(models) / columns)
-    figure = new_figure(3.4 * columns + 1.6, 2.5 * rows + 0.9)
+    figure = new_figure(3.4 * columns + 1.6, (2.5 if rows <= 3 else 1.6) * rows + 0.9)
     axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
     parts = [part for part in FLOP_PARTS if any(getattr(layer, part[0]) for model in models for layer in model.layers)]
     for axis, model in zip(axes.flat, models):
