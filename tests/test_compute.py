@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM
 
 import builders
 from prunescope.compute import ComputeOptions, compute, kv_cache_bytes, parse_memory
@@ -139,6 +139,9 @@ MODELS = {
     "qwen3": builders.qwen3,
     "gemma": builders.gemma,
     "opt": opt,
+    "opt_350m_projections": lambda: OPTForCausalLM(OPTConfig(
+        hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=3, vocab_size=64,
+        max_position_embeddings=32, word_embed_proj_dim=16, do_layer_norm_before=False)).eval(),
     "phi2": phi2,
     "phi3_fused": phi3,
 }
@@ -152,6 +155,9 @@ def test_flops_and_kv_bytes_equal_flop_counter_mode(tmp_path, name):
     structure = check_model(model, tmp_path)
     if name == "llama_bf16":
         assert structure.compute.kv_dtype == "BF16"
+    if name == "opt_350m_projections":
+        # project_in (16 -> 32) and project_out (32 -> 16) on every token, at the default S
+        assert structure.compute.prefill.other == 2 * structure.compute.options.seq_len * 2 * 16 * 32
     if name in ("llama_tied", "qwen2_biases_tied"):
         assert structure.tied_embeddings and structure.compute.prefill.lm_head > 0
 

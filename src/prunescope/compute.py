@@ -49,10 +49,11 @@ class PassFlops(Record):
     mlp: int  # gate, up, down (fc1, fc2)
     shortcut: int = 0  # SliceGPT's shortcut matrices, applied to the residual as matmuls
     lm_head: int = 0  # model level only
+    other: int = 0  # model level only: other linears outside the layers (OPT-350m's project_in/out)
 
     @property
     def total(self) -> int:
-        return self.attention_projections + self.attention_core + self.mlp + self.shortcut + self.lm_head
+        return self.attention_projections + self.attention_core + self.mlp + self.shortcut + self.lm_head + self.other
 
 
 class LayerCompute(Record):
@@ -114,8 +115,10 @@ def compute(structure: ModelStructure, options: ComputeOptions | None = None) ->
     if head is None:
         notes.append("no LM head weight found: its FLOPs are not counted")
     head = head or 0
-    prefill = _sum([layer.prefill for layer in layers], lm_head=2 * (1 if options.last_logit else options.seq_len) * head)
-    decode = _sum([layer.decode for layer in layers], lm_head=2 * head)
+    outside = sum(out * inp for out, inp in structure.outside_weight_shapes.values())
+    prefill = _sum([layer.prefill for layer in layers], lm_head=2 * (1 if options.last_logit else options.seq_len) * head,
+                   other=2 * options.seq_len * outside)
+    decode = _sum([layer.decode for layer in layers], lm_head=2 * head, other=2 * outside)
     if any(not layer.weight_shapes for layer in structure.layers):
         notes.append("layers without readable projection shapes count 0 FLOPs")
     # TODO(#9): MoE layers (top_k active experts per token) and MLA (latent KV) once the structure records
@@ -239,7 +242,7 @@ def _bytes(elements: int, bits: int) -> int:
     return (elements * bits + 7) // 8
 
 
-def _sum(passes: list[PassFlops], lm_head: int) -> PassFlops:
+def _sum(passes: list[PassFlops], lm_head: int, other: int) -> PassFlops:
     return PassFlops(attention_projections=sum(p.attention_projections for p in passes),
                      attention_core=sum(p.attention_core for p in passes), mlp=sum(p.mlp for p in passes),
-                     shortcut=sum(p.shortcut for p in passes), lm_head=lm_head)
+                     shortcut=sum(p.shortcut for p in passes), lm_head=lm_head, other=other)

@@ -88,7 +88,8 @@ def compute_lines(figures, comparison: Comparison | None = None) -> list[str]:
         f"  prefill: {human(figures.prefill_flops)} FLOPs = {human(figures.prefill_flops // 2)} MACs"
         f"  (attention projections {human(prefill.attention_projections)}, attention core "
         f"{human(prefill.attention_core)}, MLP {human(prefill.mlp)}"
-        + (f", shortcuts {human(prefill.shortcut)}" if prefill.shortcut else "") + f", LM head {human(prefill.lm_head)})",
+        + (f", shortcuts {human(prefill.shortcut)}" if prefill.shortcut else "") + f", LM head {human(prefill.lm_head)}"
+        + (f", other linears {human(prefill.other)}" if prefill.other else "") + ")",
         f"  decode:  {human(figures.decode_flops)} FLOPs = {human(figures.decode_flops // 2)} MACs per token",
         f"  KV cache: {figures.kv_cache_bytes_per_token:,} B/token ({figures.kv_dtype}); "
         f"{human_bytes(figures.kv_cache_bytes)} at batch {options.batch} x context {options.context}",

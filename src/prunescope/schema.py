@@ -49,6 +49,8 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "slicing": structure.slicing,
         "layer_prefix": structure.layer_prefix,
         "lm_head_shape": list(structure.lm_head_shape) if structure.lm_head_shape else None,
+        **({"outside_weight_shapes": {name: list(shape) for name, shape in structure.outside_weight_shapes.items()}}
+           if structure.outside_weight_shapes else {}),
         **_model_contents_fields(structure.contents),
         **({"compute": compute_to_dict(structure.compute)} if structure.compute is not None else {}),
     }
@@ -163,16 +165,18 @@ def structure_from_dict(data: dict) -> ModelStructure:
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
         if "nonzero_params" in data else None,
         lm_head_shape=tuple(data["lm_head_shape"]) if data.get("lm_head_shape") else None,
+        outside_weight_shapes={name: tuple(shape) for name, shape in data.get("outside_weight_shapes", {}).items()},
         compute=compute_from_dict(data["compute"], data["layers"]) if "compute" in data else None)
 
 
 # -- the `compute` objects (model level and per layer) -------------------------------------------
 
-SPLIT = ("attention_projections", "attention_core", "mlp", "shortcut", "lm_head")
+SPLIT = ("attention_projections", "attention_core", "mlp", "shortcut", "lm_head", "other")
+MODEL_LEVEL = ("lm_head", "other")
 
 
 def _split(flops: PassFlops, model_level: bool) -> dict:
-    return {name: getattr(flops, name) for name in SPLIT if model_level or name != "lm_head"}
+    return {name: getattr(flops, name) for name in SPLIT if model_level or name not in MODEL_LEVEL}
 
 
 def _layer_compute_to_dict(layer: LayerCompute) -> dict:

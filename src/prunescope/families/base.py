@@ -71,6 +71,9 @@ class Family(Record):
     outside: dict[str, str] = OUTSIDE  # module name part outside the layers -> role
     fused: dict[str, Fused] = FUSED  # fused role -> its parts
     config_keys: dict[str, tuple[str, ...]] = CONFIG_KEYS
+    # Linear layers outside the decoder stack that every token passes through besides the LM head (their
+    # parameters stay in `other`; their matmuls count as FLOPs): module name part -> nothing else needed.
+    outside_linears: tuple[str, ...] = ()
 
     def place(self, rest: str) -> tuple[str, str | None, str]:
         """(bucket, role or None, module) of a tensor named `rest` relative to its layer."""

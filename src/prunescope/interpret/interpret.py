@@ -120,6 +120,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         projection_names=names,
         layer_prefix=stack.prefix,
         lm_head_shape=_lm_head_shape(embedding_tensor if tied else outside.lm_head_tensor),
+        outside_weight_shapes=_outside_linears(stack.outside, family),
     )
     assert structure.total_params == (outside.embedding + outside.positions + outside.lm_head + outside.final_norm
                                       + outside.other + structure.total_layer_params), "buckets must add up"
@@ -209,6 +210,15 @@ def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> Outside
         embedding_tensor=embedding_tensor,
         lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside),
         lm_head_tensor=lm_head_tensor)
+
+
+def _outside_linears(outside: tuple[TensorInfo, ...], family: Family) -> dict[str, tuple[int, int]]:
+    shapes = {}
+    for tensor in outside:
+        module = tensor.name.rsplit(".", 1)[0]
+        if is_weight(tensor.name) and len(tensor.shape) == 2 and module.rsplit(".", 1)[-1] in family.outside_linears:
+            shapes[module] = tuple(tensor.shape)
+    return shapes
 
 
 def _lm_head_shape(tensor: TensorInfo | None) -> tuple[int, ...] | None:

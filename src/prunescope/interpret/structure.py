@@ -114,6 +114,8 @@ class ModelStructure(Record):
     layer_prefix: str = ""  # the decoder stack's tensor names start with "<layer_prefix>.<layer_idx>."
     contents: ModelContents | None = None  # with --sparsity
     lm_head_shape: tuple[int, ...] | None = None  # (vocab, input width): the embedding's when tied
+    # Other linear layers every token passes through outside the stack (OPT's project_in/out): name -> (out, in).
+    outside_weight_shapes: dict = {}
     compute: object | None = None  # compute.ModelCompute, filled in by the compute stage
 
     @property
