@@ -299,3 +299,103 @@ def test_parse_memory():
     assert parse_memory("512 MB") == 512 * 10**6
     with pytest.raises(ValueError):
         parse_memory("lots")
+
+
+# -- the comparison, the console, the batch and the command line -----------------------------------
+
+
+def wanda_2_4(base):
+    """2:4 sparsity written into the base's own shapes (what Wanda/SparseGPT 2:4 leave)."""
+    model = type(base)(base.config).eval()
+    model.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for linear in (*[getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")],
+                           layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                groups = linear.weight.view(linear.out_features, -1, 4)
+                smallest = groups.abs().argsort(dim=-1)[..., :2]
+                groups.scatter_(-1, smallest, 0.0)
+    return model
+
+
+def test_comparison_keeps_flops_beside_parameters(tmp_path):
+    from prunescope.compare import compare
+
+    base = builders.llama(num_attention_heads=4, num_key_value_heads=4, head_dim=16)  # what the pruned one came from
+    base.save_pretrained(tmp_path / "base")
+    pruned = llama_per_layer_pruned()
+    pruned.save_pretrained(tmp_path / "pruned")
+    wanda_2_4(base).save_pretrained(tmp_path / "wanda")
+    from prunescope.pipeline import ScanOptions
+
+    scan = ScanOptions(device="cpu")
+    base_structure = analyse_path(str(tmp_path / "base"), scan=scan).structure
+    comparison = compare(base_structure, analyse_path(str(tmp_path / "pruned"), scan=scan).structure)
+    kept = comparison.compute["prefill_flops"]
+    assert kept.original == base_structure.compute.prefill_flops and 0 < kept.pruned < kept.original
+    assert comparison.compute["kv_cache_bytes_per_token"].reduction_ratio > 0
+    assert comparison.layers[0].compute["prefill_flops"].pruned < comparison.layers[0].compute["prefill_flops"].original
+    sparse = compare(base_structure, analyse_path(str(tmp_path / "wanda"), scan=scan).structure)
+    assert sparse.compute["prefill_flops"].reduction_ratio == 0.0
+    assert sparse.nonzero_params.reduction_ratio > 0.4
+    assert any("2:4" in note and "sparse kernels" in note for note in sparse.compute_notes)
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "prunescope", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("spelling", ["underscores", "dashes"])
+def test_inspect_flags_both_spellings(tmp_path, spelling):
+    model = builders.mistral()
+    model.save_pretrained(tmp_path / "m")
+    flags = ["--seq_len", "64", "--context", "100", "--batch", "2", "--kv_dtype", "fp8", "--weight_dtype", "int4",
+             "--memory", "1MB", "--last_logit"]
+    if spelling == "dashes":
+        flags = [flag.replace("_", "-") if flag.startswith("--") else flag for flag in flags]
+    data = json.loads(run_cli("inspect", str(tmp_path / "m"), "--json", *flags))["compute"]
+    assert (data["seq_len"], data["context"], data["batch"], data["kv_dtype"], data["weight_dtype"]) == (
+        64, 100, 2, "fp8", "int4")
+    assert data["memory_budget"] == 10**6 and data["last_logit"] is True
+    per_token = sum(layer.self_attn.k_proj.out_features + layer.self_attn.v_proj.out_features
+                    for layer in model.model.layers)  # one byte each at fp8
+    assert data["kv_cache_bytes_per_token"] == per_token and data["kv_cache_bytes"] == 2 * 100 * per_token
+    text = run_cli("inspect", str(tmp_path / "m"), *flags)
+    assert "prefill S=64" in text and "FlopCounterMode" in text and "MACs" in text
+
+
+def test_batch_table_reuse_and_new_options(tmp_path):
+    from prunescope.batch import run_batch
+
+    base = builders.llama()
+    base.save_pretrained(tmp_path / "base")
+    models = tmp_path / "models"
+    removed = llama_layer_removed()
+    removed.save_pretrained(models / "ShortGPT")
+    out = io_buffer()
+    assert run_batch(str(models), base_model=str(tmp_path / "base"), output_dir=str(tmp_path / "out"), out=out) == 0
+    text = out.getvalue()
+    assert "MACs" in text and "memory" in text and "FlopCounterMode" in text
+    analysis = models / "ShortGPT" / "analysis"
+    first = json.loads((analysis / "model_structure.json").read_text())["compute"]
+    assert first["seq_len"] == 2048
+    comparison = json.loads((analysis / "model_comparison.json").read_text())["compute"]
+    assert comparison["prefill_flops"]["pruned"] == first["prefill_flops"]
+    # Other options: the analysis on disk is brought up to date, not reused as it was.
+    out = io_buffer()
+    assert run_batch(str(models), output_dir=str(tmp_path / "out"), out=out,
+                     options=ComputeOptions(seq_len=64)) == 0
+    assert json.loads((analysis / "model_structure.json").read_text())["compute"]["seq_len"] == 64
+    batch = json.loads((tmp_path / "out" / "batch_analysis_results.json").read_text())
+    assert batch["models"][0]["compute"]["seq_len"] == 64
+
+
+def io_buffer():
+    import io
+
+    return io.StringIO()
