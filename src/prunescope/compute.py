@@ -15,6 +15,8 @@ them against FlopCounterMode on the models transformers builds.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from .interpret.structure import LayerStructure, ModelStructure
 from .records import Record
 from .tensors import DTYPE_SIZES, FLOAT_DTYPES
@@ -41,19 +43,33 @@ class ComputeOptions(Record):
     last_logit: bool = False  # prefill computes logits for the last position only (generate())
 
 
-class PassFlops(Record):
-    """FLOPs of one forward pass through one layer (or the model), split by where they are spent."""
+class PassFlops(tuple):
+    """FLOPs of one forward pass through one layer (or the model), split by where they are spent:
+    (attention_projections, attention_core, mlp, shortcut, lm_head, other).
 
-    attention_projections: int  # q, k, v, o
-    attention_core: int  # QKᵀ and A·V
-    mlp: int  # gate, up, down (fc1, fc2)
-    shortcut: int = 0  # SliceGPT's shortcut matrices, applied to the residual as matmuls
-    lm_head: int = 0  # model level only
-    other: int = 0  # model level only: other linears outside the layers (OPT-350m's project_in/out)
+    A tuple with named fields rather than a Record: a model has two per layer, and building Records
+    that many times cost more than the rest of the compute stage (the header analysis has a budget)."""
+
+    __slots__ = ()
+    FIELDS = ("attention_projections", "attention_core", "mlp", "shortcut", "lm_head", "other")
+
+    def __new__(cls, attention_projections: int, attention_core: int, mlp: int, shortcut: int = 0, lm_head: int = 0,
+                other: int = 0):
+        return tuple.__new__(cls, (attention_projections, attention_core, mlp, shortcut, lm_head, other))
+
+    attention_projections = property(itemgetter(0))  # q, k, v, o
+    attention_core = property(itemgetter(1))  # QKᵀ and A·V
+    mlp = property(itemgetter(2))  # gate, up, down (fc1, fc2)
+    shortcut = property(itemgetter(3))  # SliceGPT's shortcut matrices, applied to the residual as matmuls
+    lm_head = property(itemgetter(4))  # model level only
+    other = property(itemgetter(5))  # model level only: other linears outside the layers (OPT-350m's project_in/out)
 
     @property
     def total(self) -> int:
-        return self.attention_projections + self.attention_core + self.mlp + self.shortcut + self.lm_head + self.other
+        return sum(self)
+
+    def __repr__(self):
+        return "PassFlops(" + ", ".join(f"{name}={value}" for name, value in zip(self.FIELDS, self)) + ")"
 
 
 class LayerCompute(Record):
@@ -144,28 +160,42 @@ def compute(structure: ModelStructure, options: ComputeOptions | None = None) ->
 
 
 def layer_compute(layer: LayerStructure, options: ComputeOptions, kv_bits: int) -> LayerCompute:
-    shapes = layer.weight_shapes
+    terms = layer_terms(layer.weight_shapes)
     window = layer.attention_window
     # Prefill runs on an empty cache: every key of the S tokens is scored (the window only masks).
-    prefill = layer_flops(shapes, options.seq_len, options.seq_len)
+    prefill = layer_flops(terms, options.seq_len, options.seq_len)
     cached = options.context if window is None else min(options.context, window - 1)
-    decode = layer_flops(shapes, 1, cached + 1)
-    kv_elements = _rows(shapes, "k_proj") + _rows(shapes, "v_proj")
+    decode = layer_flops(terms, 1, cached + 1)
     return LayerCompute(layer_idx=layer.layer_idx, prefill=prefill, decode=decode,
-                        kv_cache_bytes_per_token=_bytes(kv_elements, kv_bits), attention_window=window)
+                        kv_cache_bytes_per_token=_bytes(terms[4], kv_bits), attention_window=window)
 
 
-def layer_flops(shapes: dict, tokens: int, keys: int) -> PassFlops:
-    """One layer's FLOPs for `tokens` queries attending `keys` keys, from its weight shapes."""
-    attention = sum(_elements(shapes, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
-    # QKᵀ: tokens x keys x (query heads x head_dim) MACs, the q rows; A·V: the same with the value width
-    # each query head reads, the o_proj columns.
-    core = keys * (_rows(shapes, "q_proj") + _columns(shapes, "o_proj"))
+def layer_terms(shapes: dict) -> tuple[int, int, int, int, int]:
+    """What a layer's FLOPs and KV cache scale with, from its weight shapes (out, in): MACs per token of
+    the attention projections, of the MLP and of SliceGPT's shortcuts; the attention core's MACs per
+    token per key; KV-cache elements per token."""
+    def elements(name):
+        shape = shapes.get(name)
+        return shape[0] * shape[1] if shape else 0
+
+    def size(name, axis):
+        shape = shapes.get(name)
+        return shape[axis] if shape else 0
+
+    attention = elements("q_proj") + elements("k_proj") + elements("v_proj") + elements("o_proj")
     # The MLP term: dense gate/up/down. MoE would add top_k experts' (gate, up, down) per token here.
-    mlp = sum(_elements(shapes, name) for name in ("gate_proj", "up_proj", "down_proj"))
+    mlp = elements("gate_proj") + elements("up_proj") + elements("down_proj")
     shortcut = sum(out * inp for name, (out, inp) in shapes.items() if name.endswith("shortcut_Q"))
-    return PassFlops(attention_projections=2 * tokens * attention, attention_core=2 * tokens * core,
-                     mlp=2 * tokens * mlp, shortcut=2 * tokens * shortcut)
+    # QKᵀ: per key, the query heads x head_dim (the q rows); A·V: the value width the query heads read
+    # (the o_proj columns).
+    core = size("q_proj", 0) + size("o_proj", 1)
+    return attention, mlp, shortcut, core, size("k_proj", 0) + size("v_proj", 0)
+
+
+def layer_flops(terms: tuple, tokens: int, keys: int) -> PassFlops:
+    """One layer's FLOPs for `tokens` queries attending `keys` keys (FLOPs = 2 x MACs)."""
+    attention, mlp, shortcut, core, _ = terms
+    return PassFlops(2 * tokens * attention, 2 * tokens * keys * core, 2 * tokens * mlp, 2 * tokens * shortcut)
 
 
 def lm_head_matmul(structure: ModelStructure) -> int | None:
@@ -223,26 +253,10 @@ def _cached(layer: LayerCompute, context: int) -> int:
     return context if layer.attention_window is None else min(context, layer.attention_window - 1)
 
 
-def _elements(shapes: dict, name: str) -> int:
-    shape = shapes.get(name)
-    return shape[0] * shape[1] if shape else 0
-
-
-def _rows(shapes: dict, name: str) -> int:
-    shape = shapes.get(name)
-    return shape[0] if shape else 0
-
-
-def _columns(shapes: dict, name: str) -> int:
-    shape = shapes.get(name)
-    return shape[1] if shape else 0
-
-
 def _bytes(elements: int, bits: int) -> int:
     return (elements * bits + 7) // 8
 
 
 def _sum(passes: list[PassFlops], lm_head: int, other: int) -> PassFlops:
-    return PassFlops(attention_projections=sum(p.attention_projections for p in passes),
-                     attention_core=sum(p.attention_core for p in passes), mlp=sum(p.mlp for p in passes),
-                     shortcut=sum(p.shortcut for p in passes), lm_head=lm_head, other=other)
+    columns = [sum(column) for column in zip(*passes)][:4] if passes else [0, 0, 0, 0]
+    return PassFlops(*columns, lm_head, other)

@@ -171,17 +171,12 @@ def structure_from_dict(data: dict) -> ModelStructure:
 
 # -- the `compute` objects (model level and per layer) -------------------------------------------
 
-SPLIT = ("attention_projections", "attention_core", "mlp", "shortcut", "lm_head", "other")
-MODEL_LEVEL = ("lm_head", "other")
-
-
-def _split(flops: PassFlops, model_level: bool) -> dict:
-    return {name: getattr(flops, name) for name in SPLIT if model_level or name not in MODEL_LEVEL}
+LAYER_SPLIT = PassFlops.FIELDS[:4]  # lm_head and other are the model's, not a layer's
 
 
 def _layer_compute_to_dict(layer: LayerCompute) -> dict:
-    return {"prefill_flops": layer.prefill_flops, "decode_flops": layer.decode_flops,
-            "prefill": _split(layer.prefill, False), "decode": _split(layer.decode, False),
+    return {"prefill_flops": sum(layer.prefill), "decode_flops": sum(layer.decode),
+            "prefill": dict(zip(LAYER_SPLIT, layer.prefill)), "decode": dict(zip(LAYER_SPLIT, layer.decode)),
             "kv_cache_bytes_per_token": layer.kv_cache_bytes_per_token}
 
 
@@ -193,7 +188,7 @@ def compute_to_dict(compute: ModelCompute) -> dict:
         "last_logit": options.last_logit,
         "prefill_flops": compute.prefill_flops, "prefill_macs": compute.prefill_flops // 2,
         "decode_flops": compute.decode_flops, "decode_macs": compute.decode_flops // 2,
-        "prefill": _split(compute.prefill, True), "decode": _split(compute.decode, True),
+        "prefill": dict(zip(PassFlops.FIELDS, compute.prefill)), "decode": dict(zip(PassFlops.FIELDS, compute.decode)),
         "kv_dtype": compute.kv_dtype, "kv_dtype_option": options.kv_dtype,
         "kv_cache_bytes_per_token": compute.kv_cache_bytes_per_token, "kv_cache_bytes": compute.kv_cache_bytes,
         "weight_bytes": compute.weight_bytes, "weight_bytes_by_dtype": compute.weight_bytes_by_dtype,

@@ -336,14 +336,10 @@ def _weight_shapes(weights, rows, tensors, family: Family) -> dict[str, tuple[in
     rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names."""
     stored = dict(weights)
     for fused, description in family.fused.items():
-        for part in description.parts:
-            if fused in weights:
-                stored[part] = weights[fused]
-    shapes = {}
-    for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS:
-        shape = stored.get(role)
-        if shape and len(shape) == 2 and rows.get(role) is not None:
-            shapes[role] = (rows[role], shape[1])
+        if fused in weights:
+            stored.update(dict.fromkeys(description.parts, weights[fused]))
+    shapes = {role: (rows[role], stored[role][1]) for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS
+              if role in stored and len(stored[role]) == 2 and rows.get(role) is not None}
     for _, tensor, bucket, _, module in tensors:
         if bucket == "shortcut" and len(tensor.shape) == 2:
             shapes[module] = tuple(tensor.shape)
