@@ -386,13 +386,16 @@ def test_batch_table_reuse_and_new_options(tmp_path):
     assert first["seq_len"] == 2048
     comparison = json.loads((analysis / "model_comparison.json").read_text())["compute"]
     assert comparison["prefill_flops"]["pruned"] == first["prefill_flops"]
+    # The same options again: reused as it is.
+    assert run_batch(str(models), output_dir=str(tmp_path / "out"), out=io_buffer()) == 0
+    assert json.loads((tmp_path / "out" / "batch_analysis_results.json").read_text())["models"][0]["reused"]
     # Other options: the analysis on disk is brought up to date, not reused as it was.
     out = io_buffer()
     assert run_batch(str(models), output_dir=str(tmp_path / "out"), out=out,
                      options=ComputeOptions(seq_len=64)) == 0
     assert json.loads((analysis / "model_structure.json").read_text())["compute"]["seq_len"] == 64
     batch = json.loads((tmp_path / "out" / "batch_analysis_results.json").read_text())
-    assert batch["models"][0]["compute"]["seq_len"] == 64
+    assert batch["models"][0]["compute"]["seq_len"] == 64 and not batch["models"][0]["reused"]
 
 
 def io_buffer():
