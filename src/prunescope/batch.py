@@ -11,7 +11,7 @@ from . import __version__
 from .discover import discover_models
 from .atomic import write_json
 from .console import format_table, human, human_bytes, reduction, value_range
-from .compute import ComputeOptions
+from .compute import CONVENTION, ComputeOptions
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_path
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -110,6 +110,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
         "output_dir": output_dir,
         "prunescope_version": __version__,
         "models": [_batch_record(result) for result in results],
+        "compute_convention": CONVENTION,
     }
     batch_path = os.path.join(output_dir, BATCH_FILE)
     say()
@@ -255,7 +256,7 @@ def merge_results(results: list[ModelResult], models_dir: str) -> dict:
             "pruning": pruning,
             **({"compute": {key: structure["compute"][key] for key in MERGED_COMPUTE}} if "compute" in structure else {}),
         })
-    return {"timestamp": timestamp(), "models_dir": models_dir, "models": models}
+    return {"timestamp": timestamp(), "models_dir": models_dir, "models": models, "compute_convention": CONVENTION}
 
 
 MERGED_COMPUTE = ("seq_len", "context", "prefill_flops", "prefill_macs", "decode_flops", "kv_cache_bytes_per_token",

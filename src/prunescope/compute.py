@@ -164,8 +164,7 @@ def layer_compute(layer: LayerStructure, options: ComputeOptions, kv_bits: int) 
     window = layer.attention_window
     # Prefill runs on an empty cache: every key of the S tokens is scored (the window only masks).
     prefill = layer_flops(terms, options.seq_len, options.seq_len)
-    cached = options.context if window is None else min(options.context, window - 1)
-    decode = layer_flops(terms, 1, cached + 1)
+    decode = layer_flops(terms, 1, cached_tokens(window, options.context) + 1)
     return LayerCompute(layer_idx=layer.layer_idx, prefill=prefill, decode=decode,
                         kv_cache_bytes_per_token=_bytes(terms[4], kv_bits), attention_window=window)
 
@@ -207,7 +206,8 @@ def lm_head_matmul(structure: ModelStructure) -> int | None:
 def kv_cache_bytes(layers, context: int, batch: int = 1) -> int:
     """Bytes the KV cache holds for `batch` sequences of `context` tokens (transformers' DynamicCache:
     a sliding-window layer keeps its last window - 1 tokens)."""
-    return batch * sum(layer.kv_cache_bytes_per_token * _cached(layer, context) for layer in layers)
+    return batch * sum(layer.kv_cache_bytes_per_token * cached_tokens(layer.attention_window, context)
+                       for layer in layers)
 
 
 def largest_context(layers, batch: int, spare: int) -> tuple[int | None, bool]:
@@ -249,8 +249,10 @@ def parse_memory(text: str) -> int:
     return int(float(number) * units[unit])
 
 
-def _cached(layer: LayerCompute, context: int) -> int:
-    return context if layer.attention_window is None else min(context, layer.attention_window - 1)
+def cached_tokens(window: int | None, context: int) -> int:
+    """Tokens a layer's cache holds after `context` tokens: transformers' DynamicCache keeps the last
+    window - 1 of a sliding-window layer (the next token's own key makes the window)."""
+    return context if window is None else min(context, window - 1)
 
 
 def _bytes(elements: int, bits: int) -> int:

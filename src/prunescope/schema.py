@@ -259,6 +259,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
     if comparison.compute is not None:
         data["compute"] = {name: _change(change) for name, change in comparison.compute.items()}
         data["compute"]["notes"] = list(comparison.compute_notes)
+        data["compute"]["convention"] = CONVENTION
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):

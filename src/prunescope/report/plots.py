@@ -461,8 +461,10 @@ def memory_at(model, context: int) -> float | None:
     window - 1 tokens."""
     if model.weight_bytes is None or not model.kv_layers:
         return None
+    from ..compute import cached_tokens
+
     batch = model.compute_options.get("batch") or 1
-    return model.weight_bytes + batch * sum(per_token * (context if not window else min(context, window - 1))
+    return model.weight_bytes + batch * sum(per_token * cached_tokens(window, context)
                                             for per_token, window in model.kv_layers)
 
 
