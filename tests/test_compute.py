@@ -162,18 +162,41 @@ def test_flops_and_kv_bytes_equal_flop_counter_mode(tmp_path, name):
         assert structure.tied_embeddings and structure.compute.prefill.lm_head > 0
 
 
-def test_sliding_window_caps_decode_keys_and_the_cache(tmp_path):
-    # Mistral: every layer sliding; window 8 < the lengths used, so the caps are exercised.
-    model = MistralForCausalLM(MistralConfig(**builders.SMALL, head_dim=16, sliding_window=8)).eval()
+def phi3_sliding():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    return Phi3ForCausalLM(Phi3Config(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                      num_key_value_heads=2, num_hidden_layers=3, vocab_size=64, pad_token_id=0,
+                                      bos_token_id=0, eos_token_id=0, sliding_window=8)).eval()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: MistralForCausalLM(MistralConfig(**builders.SMALL, head_dim=16, sliding_window=8)).eval(),
+    phi3_sliding], ids=["mistral", "phi3"])
+def test_sliding_window_caps_decode_keys_and_the_cache(tmp_path, build):
+    # Every layer sliding; window 8 < the lengths used, so the caps are exercised.
+    model = build()
     structure = check_model(model, tmp_path)
-    assert [layer.attention_window for layer in structure.layers] == [8] * 4
+    assert [layer.attention_window for layer in structure.layers] == [8] * len(structure.layers)
 
 
-@pytest.mark.parametrize("stale_config", [False, True])
-def test_gemma2_alternating_windows(tmp_path, stale_config):
+def gemma2_alternating():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    model = Gemma2ForCausalLM(Gemma2Config(**builders.SMALL, head_dim=24, sliding_window=8)).eval()
+    return Gemma2ForCausalLM(Gemma2Config(**builders.SMALL, head_dim=24, sliding_window=8)).eval()
+
+
+def qwen2_upper_layers_sliding():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(**builders.SMALL, use_sliding_window=True, sliding_window=8,
+                                        max_window_layers=2)).eval()
+
+
+@pytest.mark.parametrize("build", [gemma2_alternating, qwen2_upper_layers_sliding], ids=["gemma2", "qwen2"])
+@pytest.mark.parametrize("stale_config", [False, True])
+def test_per_layer_windows(tmp_path, stale_config, build):
+    model = build()
     model.save_pretrained(tmp_path / "model")
     if stale_config:  # a config written before layer_types existed: the family's default pattern
         config = json.loads((tmp_path / "model" / "config.json").read_text())
