@@ -178,6 +178,12 @@ def test_sliding_window_caps_decode_keys_and_the_cache(tmp_path, build):
     model = build()
     structure = check_model(model, tmp_path)
     assert [layer.attention_window for layer in structure.layers] == [8] * len(structure.layers)
+    # Every layer's cache stops at window - 1 tokens: any context fits once that does.
+    per_token = structure.compute.kv_cache_bytes_per_token
+    roomy = compute(structure, ComputeOptions(memory=structure.compute.weight_bytes + 7 * per_token))
+    assert roomy.context_unbounded and roomy.kv_cache_bytes == 7 * per_token
+    tight = compute(structure, ComputeOptions(memory=structure.compute.weight_bytes + 3 * per_token))
+    assert not tight.context_unbounded and tight.max_context == 3
 
 
 def gemma2_alternating():

@@ -216,9 +216,11 @@ def largest_context(layers, batch: int, spare: int) -> tuple[int | None, bool]:
     if spare < kv_cache_bytes(layers, 1, batch):
         return None, False
     growing = [layer for layer in layers if layer.attention_window is None and layer.kv_cache_bytes_per_token]
-    if not growing:
-        return None, True
     low, high = 1, 1
+    if not growing:  # every cache stops at its window: past the widest one nothing grows
+        high = max((layer.attention_window for layer in layers if layer.attention_window), default=2) - 1
+        if kv_cache_bytes(layers, high, batch) <= spare:
+            return None, True
     while kv_cache_bytes(layers, high, batch) <= spare:
         low, high = high, high * 2
     while high - low > 1:  # the cache grows monotonically with the context: bisect
