@@ -791,6 +791,7 @@ def test_html_is_self_contained(report):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == (8 if HAVE_MATPLOTLIB else 0)
     assert "FlopCounterMode" in html  # the convention the MACs follow, stated where they are shown
+    assert "<th>MACs</th><th>MACs kept</th>" in html  # per layer, against the base layer
     import base64
 
     assert all(base64.b64decode(image)[:8] == PNG_MAGIC for image in images)

@@ -15,6 +15,7 @@ them against FlopCounterMode on the models transformers builds.
 
 from __future__ import annotations
 
+import re
 from operator import itemgetter
 
 from .interpret.structure import LayerStructure, ModelStructure
@@ -243,12 +244,10 @@ def parse_memory(text: str) -> int:
     """"80GB" -> 80e9 bytes, "80GiB" -> 80 x 2^30; a bare number is bytes. Raises ValueError."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTIB")
-    unit = cleaned[len(number):]
-    if unit not in units or not number:
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([A-Z]*)", text.strip().upper())
+    if not match or match.group(2) not in units:
         raise ValueError(f"memory {text!r}: give a size like 80GB, 24GiB or 512MB")
-    return int(float(number) * units[unit])
+    return int(float(match.group(1)) * units[match.group(2)])
 
 
 def cached_tokens(window: int | None, context: int) -> int:
