@@ -136,7 +136,22 @@ def report(tmp_path_factory):
             folder = record["analysis_dir"]
             analyses[record["name"]] = (json.load(open(os.path.join(folder, "model_structure.json"))),
                                         json.load(open(os.path.join(folder, "model_comparison.json"))))
-    return dict(root=root, out=out, base=base, status=status, console=console.getvalue(), analyses=analyses)
+    return dict(root=root, out=out, base=base, status=status, console=console.getvalue(), analyses=analyses,
+                base_compute=base_compute_oracle(base))
+
+
+def base_compute_oracle(base, tokens: int = 2048) -> dict:
+    """The base's prefill FLOPs at the default S (FlopCounterMode, eager forward) and its memory at the default
+    context: parameter bytes plus the KV-cache tensors that forward leaves."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    base.config._attn_implementation = "eager"
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        output = base(torch.zeros((1, tokens), dtype=torch.long), use_cache=True)
+    cache = sum(tensor.numel() * tensor.element_size() for layer in output.past_key_values.layers
+                for tensor in (layer.keys, layer.values))
+    weights = sum(p.numel() * p.element_size() for p in base.parameters())
+    return {"flops": counter.get_total_flops(), "memory": weights + cache}
 
 
 def expected_rows(report) -> dict:
@@ -152,16 +167,22 @@ def expected_rows(report) -> dict:
             "attention_params": sum(layer["attention"]["total"] for layer in layers),
             "mlp_params": sum(layer["mlp"]["total"] for layer in layers),
             "embedding_params": structure["embedding_params"] + head + structure["position_embedding_params"],
-            "nonzero_params": structure["nonzero_params"], "sparsity": structure["sparsity"]}
+            "nonzero_params": structure["nonzero_params"], "sparsity": structure["sparsity"],
+            "prefill_macs": structure["compute"]["prefill_macs"],
+            "prefill_flops_reduction_ratio": comparison["compute"]["prefill_flops"]["reduction_ratio"],
+            "memory_bytes": structure["compute"]["memory_bytes"]}
     base = report["base"]  # the base is not analysed on its own: checked against the module itself
     rows[BASE] = {"kind": "base", "total_params": base.num_parameters(), "reduction_ratio": 0.0, "num_layers": 6,
                   "attention_params": sum(p.numel() for layer in base.model.layers for p in layer.self_attn.parameters()),
                   "mlp_params": sum(p.numel() for layer in base.model.layers for p in layer.mlp.parameters()),
                   "embedding_params": base.model.embed_tokens.weight.numel() + base.lm_head.weight.numel(),
-                  "nonzero_params": sum(int((p != 0).sum()) for p in base.parameters()), "sparsity": 0.0}
+                  "nonzero_params": sum(int((p != 0).sum()) for p in base.parameters()), "sparsity": 0.0,
+                  "prefill_macs": report["base_compute"]["flops"] // 2, "prefill_flops_reduction_ratio": 0.0,
+                  "memory_bytes": report["base_compute"]["memory"]}
     rows["Orphan-run"] = {"kind": "results only", "total_params": None, "reduction_ratio": None, "num_layers": None,
                           "attention_params": None, "mlp_params": None, "embedding_params": None,
-                          "nonzero_params": None, "sparsity": None}
+                          "nonzero_params": None, "sparsity": None, "prefill_macs": None,
+                          "prefill_flops_reduction_ratio": None, "memory_bytes": None}
     for name, row in rows.items():
         for task, metric in METRICS.items():
             row[f"{task}/{metric}"] = SCORES[name].get(task)
@@ -193,7 +214,13 @@ def check_shown(key: str, text: str, want) -> None:
     elif key.endswith("params"):
         assert parse_params(text) == pytest.approx(want, rel=5e-3), (key, text, want)
         assert re.fullmatch(r"\d+(\.\d+)?[KMB]?", text), text
-    elif key == "reduction_ratio":
+    elif key == "prefill_macs":
+        assert parse_params(text) == pytest.approx(want, rel=5e-3), (key, text, want)
+    elif key == "memory_bytes":
+        number, unit = text.split()
+        assert float(number) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit] == pytest.approx(
+            want, rel=5e-3), (key, text, want)
+    elif key in ("reduction_ratio", "prefill_flops_reduction_ratio"):
         assert float(text.rstrip("%")) == pytest.approx(-want * 100, abs=0.05 + 1e-9), (text, want)
     elif key == "sparsity":
         assert float(text.rstrip("%")) == pytest.approx(want * 100, abs=0.05 + 1e-9), (text, want)
@@ -250,11 +277,11 @@ def test_markdown_cells_and_bold_match_the_json(report):
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header[:8] == ["Model", "Kind", "Params", "vs base", "Layers", "Attention", "MLP", "Embedding"]
-    assert header[8:] == ["Nonzero", "Sparsity", "arc_easy (acc)", "mmlu (acc)", "piqa (acc_norm)",
+    assert header[8:] == ["Nonzero", "Sparsity", "MACs (S=2048)", "MACs vs base", "Memory (L=2048)", "arc_easy (acc)", "mmlu (acc)", "piqa (acc_norm)",
                           "wikitext (word_perplexity)", "Average (mean)"]
     keys = ["model", "kind", "total_params", "reduction_ratio", "num_layers", "attention_params", "mlp_params",
-            "embedding_params", "nonzero_params", "sparsity"] + [
-        f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
+            "embedding_params", "nonzero_params", "sparsity", "prefill_macs", "prefill_flops_reduction_ratio",
+            "memory_bytes"] + [f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
     expected = expected_rows(report)
     best = best_per_column(expected)
     bold_seen = set()
@@ -277,8 +304,8 @@ def test_latex_cells_escapes_and_bold(report):
     assert r"Wanda\_2:4" in text and "Wanda_2:4" not in text
     body = text.split(r"\midrule", 1)[1].split(r"\bottomrule")[0]
     keys = ["kind", "total_params", "reduction_ratio", "num_layers", "attention_params", "mlp_params",
-            "embedding_params", "nonzero_params", "sparsity"] + [
-        f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
+            "embedding_params", "nonzero_params", "sparsity", "prefill_macs", "prefill_flops_reduction_ratio",
+            "memory_bytes"] + [f"{task}/{metric}" for task, metric in METRICS.items()] + ["average"]
     expected = expected_rows(report)
     best = best_per_column(expected)
     seen, bold_seen = [], set()
@@ -707,7 +734,24 @@ def test_plots_are_valid_images_of_sensible_size(report):
     pytest.importorskip("matplotlib")
     sizes = check_images(report["out"] / "plots")
     assert set(sizes) == {"depth_profile", "kept_heatmap", "nonzero_heatmap", "composition", "sparsity_profile",
-                          "accuracy_vs_params"}
+                          "flops_profile", "memory_vs_context", "accuracy_vs_params"}
+
+
+def test_accuracy_plot_x_axis_is_selectable(report, tmp_path):
+    from prunescope.report.plots import accuracy_points, plan
+
+    study = load_study(str(report["out"]))
+    board, _ = build_scoreboard({model.name: model.scores for model in study.models})
+    expected = expected_rows(report)
+    for x, key in (("params", "total_params"), ("nonzero", "nonzero_params"), ("flops", "prefill_macs")):
+        points = accuracy_points(study, board.averages, x)
+        assert {point.name: point.params for point in points} == {
+            name: row[key] for name, row in expected.items() if row[key] is not None and name in board.averages}
+        captions = {stem: caption for stem, _, caption, _ in plan(study, board, False, x)}
+        assert ("FlopCounterMode" in captions["accuracy_vs_params"]) == (x == "flops")
+        assert "FlopCounterMode" in captions["flops_profile"]  # every figure with FLOPs states the convention
+    if HAVE_MATPLOTLIB:
+        assert run_report(str(report["out"]), formats=("png",), accuracy_x="flops", out=io.StringIO()) == 0
 
 
 def test_plots_with_thirty_models_and_the_pareto_front(report, tmp_path):
@@ -745,7 +789,9 @@ def test_html_is_self_contained(report):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
     assert "<script" not in html and "@import" not in html
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == (6 if HAVE_MATPLOTLIB else 0)
+    assert len(images) == (8 if HAVE_MATPLOTLIB else 0)
+    assert "FlopCounterMode" in html  # the convention the MACs follow, stated where they are shown
+    assert "<th>MACs</th><th>MACs kept</th>" in html  # per layer, against the base layer
     import base64
 
     assert all(base64.b64decode(image)[:8] == PNG_MAGIC for image in images)

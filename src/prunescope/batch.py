@@ -11,7 +11,8 @@ from . import __version__
 from .discover import ModelEntry, discover_models, examine
 from .locate import LocateError, Location, locate, names_remote_model, refuse_implicit_scan
 from .atomic import write_json
-from .console import encoding_name, experts_line, format_table, human, reduction, value_range, widths
+from .console import encoding_name, experts_line, format_table, human, human_bytes, reduction, value_range, widths
+from .compute import CONVENTION, ComputeOptions
 from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
@@ -21,7 +22,8 @@ RULE = "=" * 80
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
-              out=None, sparsity: bool = False, device: str = "auto", remote_scan: bool = False) -> int:
+              out=None, sparsity: bool = False, device: str = "auto", remote_scan: bool = False,
+              options: ComputeOptions | None = None) -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
@@ -91,7 +93,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     base_error = None
     if base_model:
         try:
-            base = analyse_reference(base_location, scan=scan)
+            base = analyse_reference(base_location, scan=scan, options=options)
             say(f"✓ base model: {base.structure.model_name} ({human(base.structure.total_params)} parameters, "
                 f"{base.structure.num_layers} layers)")
         except CheckpointError as error:
@@ -104,7 +106,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     results: list[ModelResult] = []
     progress = _progress(len(entries))
     for number, entry in enumerate(entries, 1):
-        result = analyse_entry(entry, output_dir, base, force, scan)
+        result = analyse_entry(entry, output_dir, base, force, scan, options)
         results.append(result)
         line = _status_line(number, len(entries), result)
         if progress is not None:
@@ -123,6 +125,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
         "output_dir": output_dir,
         "prunescope_version": __version__,
         "models": [_batch_record(result) for result in results],
+        "compute_convention": CONVENTION,
     }
     batch_path = os.path.join(output_dir, BATCH_FILE)
     say()
@@ -231,8 +234,21 @@ def _batch_record(result: ModelResult) -> dict:
         "config_mismatches": len(structure.config_mismatches),
         "security_findings": [finding.line() for finding in result.analysis.findings],
         "notes": list(result.notes),
+        **({"compute": compute_summary(structure.compute, result.comparison)} if structure.compute else {}),
     })
     return record
+
+
+def compute_summary(figures, comparison=None) -> dict:
+    """The few compute figures a batch-level file carries (model_structure.json has them all)."""
+    summary = {"seq_len": figures.options.seq_len, "context": figures.options.context,
+               "prefill_flops": figures.prefill_flops, "prefill_macs": figures.prefill_flops // 2,
+               "decode_flops": figures.decode_flops, "kv_cache_bytes_per_token": figures.kv_cache_bytes_per_token,
+               "weight_bytes": figures.weight_bytes, "memory_bytes": figures.memory_bytes}
+    if comparison is not None and comparison.compute is not None:
+        summary["prefill_flops_reduction_ratio"] = comparison.compute["prefill_flops"].reduction_ratio
+        summary["kv_cache_reduction_ratio"] = comparison.compute["kv_cache_bytes_per_token"].reduction_ratio
+    return summary
 
 
 def merge_results(results: list[ModelResult], models_dir: str) -> dict:
@@ -267,17 +283,24 @@ def merge_results(results: list[ModelResult], models_dir: str) -> dict:
             **({"quantization": {key: structure["quantization"].get(key) for key in
                                  ("method", "format", "bits", "bits_per_param", "storage_bytes")}}
                if structure.get("quantization") else {}),
+            **({"compute": {key: structure["compute"][key] for key in MERGED_COMPUTE}} if "compute" in structure else {}),
         })
-    return {"timestamp": timestamp(), "models_dir": models_dir, "models": models}
+    return {"timestamp": timestamp(), "models_dir": models_dir, "models": models, "compute_convention": CONVENTION}
+
+
+MERGED_COMPUTE = ("seq_len", "context", "prefill_flops", "prefill_macs", "decode_flops", "kv_cache_bytes_per_token",
+                  "weight_bytes", "memory_bytes")
 
 
 def closing_table(results: list[ModelResult]) -> str:
-    rows = [("model", "kind", "total params", "vs base", "layers", "heads", "intermediate", "notes")]
+    rows = [("model", "kind", "total params", "vs base", "layers", "heads", "intermediate", "MACs", "MACs vs base",
+             "memory", "notes")]
     for result in results:
         entry = result.entry
         kind = entry.checkpoint.kind if entry.checkpoint else "-"
         if result.status != "analysed":
-            rows.append((entry.name, kind, "-", "-", "-", "-", "-", result.status + ": " + _clip(result.message)))
+            rows.append((entry.name, kind, "-", "-", "-", "-", "-", "-", "-", "-",
+                         result.status + ": " + _clip(result.message)))
             continue
         structure = result.analysis.structure
         layers = structure.layers
@@ -310,10 +333,23 @@ def closing_table(results: list[ModelResult]) -> str:
         if result.reused:
             notes.append("reused")
         change = reduction(result.comparison.total_params.reduction_ratio) if result.comparison else "-"
+        figures = structure.compute
+        compute_change = result.comparison.compute if result.comparison is not None else None
+        if compute_change is not None:
+            notes += [note for note in result.comparison.compute_notes if "sparse kernels" in note]
         rows.append((entry.name, kind, human(structure.total_params), change, str(structure.num_layers),
                      value_range(layer.attention.num_heads for layer in layers),
-                     value_range(width for layer in layers for width in widths(layer)), "; ".join(notes)))
-    return format_table(rows, left=(0, 1, 7))
+                     value_range(width for layer in layers for width in widths(layer)),
+                     human(figures.prefill_flops // 2) if figures else "-",
+                     reduction(compute_change["prefill_flops"].reduction_ratio) if compute_change else "-",
+                     human_bytes(figures.memory_bytes) if figures else "-", "; ".join(notes)))
+    table = format_table(rows, left=(0, 1, 10))
+    options = next((r.analysis.structure.compute.options for r in results
+                    if r.status == "analysed" and r.analysis.structure.compute is not None), None)
+    if options is not None:
+        table += (f"\nMACs: prefill of {options.seq_len} tokens (FLOPs = 2 x MACs, as torch's FlopCounterMode counts "
+                  f"an eager forward); memory: weights + KV cache at batch {options.batch} x context {options.context}")
+    return table
 
 
 def _clip(text: str, width: int = 70) -> str:

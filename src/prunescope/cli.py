@@ -38,6 +38,7 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base_model", "--base-model", dest="base_model", help="base model to compare with")
     parser.add_argument("--json", action="store_true", help="print model_structure.json to stdout instead")
     add_scan_arguments(parser)
+    add_compute_arguments(parser)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="baselines_analysis/",
                         help="where batch results go (default: %(default)s)")
     add_scan_arguments(parser)
+    add_compute_arguments(parser)
     parser.add_argument("--merge_results", "--merge-results", dest="merge_results", action="store_true",
                         help="also write <output_dir>/models_summary.json from the analyses on disk")
     parser.add_argument("--force", action="store_true", help="re-analyse models whose analysis is up to date")
@@ -83,6 +85,52 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                              "analysis itself needs no device")
     parser.add_argument("--remote-scan", "--remote_scan", dest="remote_scan", action="store_true",
                         help="let --sparsity read the weights of remote models (all their bytes)")
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    dtypes = ("bf16", "fp16", "fp32", "fp8", "int8", "int4")  # compute.DTYPE_BITS (not imported: start-up time)
+    group = parser.add_argument_group(
+        "compute and memory", "FLOPs = 2 x MACs of every matrix product, as torch's FlopCounterMode counts an eager "
+                              "forward (README: Compute and memory)")
+    group.add_argument("--seq_len", "--seq-len", dest="seq_len", type=_positive, default=2048,
+                       help="prefill tokens S (default: %(default)s; LLM-Pruner's MACs tables use 64)")
+    group.add_argument("--context", type=_positive, default=2048,
+                       help="decode: tokens already cached; also the KV-cache and memory context (default: %(default)s)")
+    group.add_argument("--batch", type=_positive, default=1, help="sequences, for the KV cache and memory (default: 1)")
+    group.add_argument("--kv_dtype", "--kv-dtype", dest="kv_dtype", choices=dtypes,
+                       help="KV-cache precision (default: the model's own float dtype)")
+    group.add_argument("--weight_dtype", "--weight-dtype", dest="weight_dtype", choices=dtypes,
+                       help="also give the weights' bytes at this precision, and use it for memory")
+    group.add_argument("--memory", type=_memory, metavar="SIZE",
+                       help="memory available, e.g. 80GB or 80GiB: the largest context (and batch) that fits")
+    group.add_argument("--last_logit", "--last-logit", dest="last_logit", action="store_true",
+                       help="prefill computes logits for the last position only, as generate() does")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _memory(text: str) -> int:
+    from .compute import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def compute_options(args):
+    from .compute import ComputeOptions
+
+    return ComputeOptions(seq_len=args.seq_len, context=args.context, batch=args.batch, kv_dtype=args.kv_dtype,
+                          weight_dtype=args.weight_dtype, memory=args.memory, last_logit=args.last_logit)
 
 
 COMMANDS = {
@@ -118,7 +166,7 @@ def _run(argv: list[str]) -> int:
         status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                            merge=args.merge_results, force=args.force, include=args.include,
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
-                           device=args.device, remote_scan=args.remote_scan)
+                           device=args.device, remote_scan=args.remote_scan, options=compute_options(args))
         if args.report:
             from .report.command import run_report
 
@@ -129,7 +177,8 @@ def _run(argv: list[str]) -> int:
 
         return report_from_args(args)
     if args.command == "inspect":
-        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device, args.remote_scan)
+        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device, args.remote_scan,
+                             compute_options(args))
     if args.command == "export":
         from .export.command import run_export
 
@@ -143,7 +192,7 @@ def _run(argv: list[str]) -> int:
 
 
 def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bool = False,
-                  device: str = "auto", remote_scan: bool = False) -> int:
+                  device: str = "auto", remote_scan: bool = False, options=None) -> int:
     from .compare import compare
     from .locate import locate, refuse_implicit_scan
     from .pipeline import ScanOptions, analyse_reference
@@ -163,8 +212,8 @@ def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bo
             from .measure.scan import choose_device
 
             scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
-        base = analyse_reference(base_location, scan=scan) if base_location else None
-        analysis = analyse_reference(location, base.config if base else None, scan)
+        base = analyse_reference(base_location, scan=scan, options=options) if base_location else None
+        analysis = analyse_reference(location, base.config if base else None, scan, options)
     except CheckpointError as error:
         print(f"error: {error.line()}", file=sys.stderr)
         return 1

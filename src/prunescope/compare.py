@@ -42,6 +42,7 @@ class LayerComparison(Record):
     is_zero_layer: bool | None
     nonzero: dict[str, Change] | None = None  # "total", "attention", "mlp": when both were scanned
     experts: "ExpertMatching | None" = None  # MoE layers: which of the base layer's experts are left
+    compute: dict[str, Change] | None = None  # "prefill_flops", "decode_flops", "kv_cache_bytes_per_token"
 
 
 class ExpertMatching(Record):
@@ -81,11 +82,14 @@ class Comparison(Record):
     def removed_experts(self) -> dict[int, tuple[int, ...]]:
         """Pruned layer -> the base experts it lost (MoE layers only)."""
         return {layer.layer_idx: layer.experts.removed for layer in self.layers if layer.experts is not None}
+    # FLOPs and KV bytes kept (same options on both sides): COMPUTE_FIELDS; None when either lacks the figures.
+    compute: dict[str, Change] | None = None
+    compute_notes: tuple[str, ...] = ()
 
 
 def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
     pairs, matching = match_layers(base.layers, pruned.layers)
-    return Comparison(
+    comparison = Comparison(
         original_name=base.model_name,
         pruned_name=pruned.model_name,
         total_params=Change(base.total_params, pruned.total_params),
@@ -102,7 +106,37 @@ def compare(base: ModelStructure, pruned: ModelStructure) -> Comparison:
         if base.quantization is not None or pruned.quantization is not None else None,
         active_params=Change(base.active_params, pruned.active_params)
         if base.num_experts is not None or pruned.num_experts is not None else None,
+        compute=_compute_changes(base, pruned),
+        compute_notes=_compute_notes(base, pruned),
     )
+    return compare_layer_compute(comparison, base, pruned)
+
+
+def _compute_changes(base: ModelStructure, pruned: ModelStructure) -> dict[str, Change] | None:
+    if base.compute is None or pruned.compute is None:
+        return None
+    return {name: Change(getattr(base.compute, name), getattr(pruned.compute, name))
+            for name in COMPUTE_FIELDS}
+
+
+COMPUTE_FIELDS = ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes",
+                  "memory_bytes")
+
+
+def _compute_notes(base: ModelStructure, pruned: ModelStructure) -> tuple[str, ...]:
+    """Why FLOPs kept and parameters kept differ where a reader would expect them to agree."""
+    if base.compute is None or pruned.compute is None:
+        return ()
+    notes = []
+    if base.compute.options != pruned.compute.options:
+        notes.append("the base's figures were computed with other options: FLOPs are not comparable")
+    zeros = pruned.contents is not None and pruned.contents.nonzero_params < pruned.total_params
+    if zeros and pruned.compute.prefill_flops >= base.compute.prefill_flops:
+        kind = f"{pruned.contents.nm_sparsity} sparse" if pruned.contents.nm_sparsity else "zeroed in place"
+        notes.append(f"weights {kind}: dense FLOPs are unchanged; the savings need sparse kernels")
+    elif pruned.compute.prefill_flops >= base.compute.prefill_flops and pruned.total_params < base.total_params:
+        notes.append("fewer parameters but no fewer FLOPs (embeddings and other tensors cost no FLOPs)")
+    return tuple(notes)
 
 
 def stored_bytes(structure: ModelStructure) -> int:
@@ -237,6 +271,23 @@ def match_experts(original: LayerStructure | None, layer: LayerStructure) -> Exp
     return ExpertMatching(base_count, count, tuple(kept), removed, "position",
                           "no expert's content matches the base's (changed weights, or not measured): "
                           "paired by position, which is a guess")
+LAYER_COMPUTE_FIELDS = ("prefill_flops", "decode_flops", "kv_cache_bytes_per_token", "prefill_attention_projections",
+                        "prefill_attention_core", "prefill_mlp", "prefill_shortcut")
+
+
+def compare_layer_compute(comparison: Comparison, base: ModelStructure, pruned: ModelStructure) -> Comparison:
+    """Each compared layer's FLOPs and KV bytes against the base layer it was paired with."""
+    if base.compute is None or pruned.compute is None:
+        return comparison
+    base_by_idx = {layer.layer_idx: figures for layer, figures in zip(base.layers, base.compute.layers)}
+    figures_by_idx = {layer.layer_idx: figures for layer, figures in zip(pruned.layers, pruned.compute.layers)}
+    layers = []
+    for layer in comparison.layers:
+        original, figures = base_by_idx.get(layer.original_layer_idx), figures_by_idx[layer.layer_idx]
+        layers.append(layer.replace(compute={
+            name: Change(getattr(original, name) if original is not None else None, getattr(figures, name))
+            for name in LAYER_COMPUTE_FIELDS}))
+    return comparison.replace(layers=tuple(layers))
 
 
 def _nonzero_changes(original, pruned) -> dict[str, Change] | None:

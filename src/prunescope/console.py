@@ -18,6 +18,16 @@ def human(count: int | None) -> str:
     return str(count)
 
 
+def human_bytes(count: int | None) -> str:
+    """1610612736 -> '1.50 GiB' (binary units, as memory is sold and reported by CUDA)."""
+    if count is None:
+        return "-"
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f} {suffix}"
+    return f"{count} B"
+
+
 def reduction(ratio: float | None) -> str:
     """A reduction ratio as a signed change in size: 0.224 -> '-22.4%', a larger model -> '+3.0%'."""
     if ratio is None:
@@ -64,9 +74,11 @@ def layer_table(structure: ModelStructure, comparison: Comparison | None = None)
     header = (("layer",) + (("base",) if comparison else ())
               + ("total", "attn", "q", "k", "v", "o", "heads", "kv", "mlp", "gate", "up", "down", "inter", "norm")
               + (("experts",) if moe else ())
-              + (("shortcut",) if sliced else ()) + (("nonzero", "sparsity") if scanned else ()) + ("zero",))
+              + (("shortcut",) if sliced else ()) + (("nonzero", "sparsity") if scanned else ()) + ("zero",)
+              + (("MACs", "KV/token") if structure.compute is not None else ()))
     rows = [header]
-    for layer in structure.layers:
+    figures = structure.compute.layers if structure.compute is not None else [None] * structure.num_layers
+    for layer, layer_figures in zip(structure.layers, figures):
         attention, mlp, contents = layer.attention, layer.mlp, layer.contents
         heads, kv_heads, inter = _text(attention.num_heads), _text(attention.num_kv_heads), value_range(widths(layer))
         if contents is not None:  # "3/4": heads whose weights are all zero are not counted as left
@@ -83,8 +95,56 @@ def layer_table(structure: ModelStructure, comparison: Comparison | None = None)
             + ((human(layer.shortcut),) if sliced else ())
             + ((human(contents.nonzero), f"{(1 - contents.nonzero / layer.total) * 100 if layer.total else 0:.1f}%")
                if scanned and contents is not None else ("-", "-") if scanned else ())
-            + ({True: "yes", False: "", None: "?"}[layer.is_zero_layer],))
+            + ({True: "yes", False: "", None: "?"}[layer.is_zero_layer],)
+            + ((human(layer_figures.prefill_flops // 2), f"{layer_figures.kv_cache_bytes_per_token} B")
+               if layer_figures is not None else ()))
     return format_table(rows)
+
+
+def compute_lines(figures, comparison: Comparison | None = None) -> list[str]:
+    """FLOPs, KV cache and memory in a few lines, with the convention they follow."""
+    options = figures.options
+    prefill, decode = figures.prefill, figures.decode
+    head = " (LM head: last position only)" if options.last_logit else ""
+    lines = [
+        f"Compute (prefill S={options.seq_len}{head}, decode at context L={options.context}, batch 1):",
+        f"  prefill: {human(figures.prefill_flops)} FLOPs = {human(figures.prefill_flops // 2)} MACs"
+        f"  (attention projections {human(prefill.attention_projections)}, attention core "
+        f"{human(prefill.attention_core)}, MLP {human(prefill.mlp)}"
+        + (f", shortcuts {human(prefill.shortcut)}" if prefill.shortcut else "") + f", LM head {human(prefill.lm_head)}"
+        + (f", other linears {human(prefill.other)}" if prefill.other else "") + ")",
+        f"  decode:  {human(figures.decode_flops)} FLOPs = {human(figures.decode_flops // 2)} MACs per token",
+        f"  KV cache: {figures.kv_cache_bytes_per_token:,} B/token ({figures.kv_dtype}); "
+        f"{human_bytes(figures.kv_cache_bytes)} at batch {options.batch} x context {options.context}",
+        "  weights: " + ", ".join(f"{human_bytes(size)} {dtype}" for dtype, size in figures.weight_bytes_by_dtype.items())
+        + (f"; {human_bytes(figures.weight_bytes_at_dtype)} at {options.weight_dtype}" if options.weight_dtype else ""),
+        f"  memory (weights + KV cache, no activations): {human_bytes(figures.memory_bytes)}",
+    ]
+    if options.memory is not None:
+        if figures.context_unbounded:
+            fits = "any context (every layer's cache is capped by its window)"
+        elif figures.max_context is None:
+            fits = "not even one token"
+        else:
+            fits = f"context {figures.max_context:,} at batch {options.batch}"
+        lines.append(f"  in {human_bytes(options.memory)}: {fits}; batch {_text(figures.max_batch)} "
+                     f"at context {options.context}")
+    if comparison is not None and comparison.compute is not None:
+        kept = lambda name: _kept(comparison.compute[name])  # noqa: E731
+        lines.append(f"  kept vs {comparison.original_name}: prefill FLOPs {kept('prefill_flops')}, decode FLOPs "
+                     f"{kept('decode_flops')}, KV cache {kept('kv_cache_bytes_per_token')}, parameters "
+                     f"{_kept(comparison.total_params)}")
+        lines += [f"  note: {note}" for note in comparison.compute_notes]
+    lines += [f"  note: {note}" for note in figures.notes]
+    lines.append("  (FLOPs = 2 x MACs of the matrix products, as torch's FlopCounterMode counts an eager forward; "
+                 "README: Compute and memory)")
+    return lines
+
+
+def _kept(change) -> str:
+    if change.original in (None, 0) or change.pruned is None:
+        return "-"
+    return f"{change.pruned / change.original * 100:.1f}%"
 
 
 def _effective(left: int | None, total: int | None) -> str:
@@ -191,6 +251,8 @@ def structure_summary(structure: ModelStructure, comparison: Comparison | None, 
             lines.append(f"  base layers without a match: {list(comparison.layer_matching.removed_original_layers)}")
         for warning in comparison.warnings:
             lines.append(f"  ⚠ is this the right base? {warning}")
+    if structure.compute is not None:
+        lines += [""] + compute_lines(structure.compute, comparison)
     if structure.config_mismatches:
         lines += ["", "The config disagrees with the tensor shapes (the shapes are used):"]
         for mismatch in structure.config_mismatches:

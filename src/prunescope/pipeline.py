@@ -10,6 +10,7 @@ import os
 
 from . import __version__
 from .compare import Comparison
+from .compute import ComputeOptions, compute
 from .discover import Checkpoint, ModelEntry, examine
 from .locate import Location, hf_cache_origin, in_hf_cache, locate
 from .quantized import PLAIN, decode_quantization
@@ -117,7 +118,7 @@ class ScanOptions(Record):
 
 
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
-                       scan: ScanOptions | None = None) -> ModelAnalysis:
+                       scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
     source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
     files = None
@@ -148,7 +149,16 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
     structure = measure_layers(structure, index, files)
     if scan is not None:
         structure = _scan_contents(structure, index, scan, files)
+    structure = with_compute(structure, options)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
+
+
+def with_compute(structure: ModelStructure, options: ComputeOptions | None) -> ModelStructure:
+    """The structure with its FLOPs, KV cache and memory under `options` (kept when already computed so)."""
+    options = options or ComputeOptions()
+    if structure.compute is not None and structure.compute.options == options:
+        return structure
+    return structure.replace(compute=compute(structure, options))
 
 
 def choose_model_reading(index):
@@ -203,25 +213,25 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions, files
 
 
 def analyse_reference(location: Location | str, base_config: dict | None = None,
-                      scan: ScanOptions | None = None) -> ModelAnalysis:
+                      scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelAnalysis:
     """A single model given by reference (a local path, a Hub repo id, a URL; see locate/), e.g. the base
     model or `inspect REF`. A remote Hub model's analysis is kept by (repo, commit) in prunescope's cache."""
     if isinstance(location, str):
         location = locate(location)
     if not location.is_remote:
-        return analyse_path(location.path, base_config, scan, location.name)
+        return analyse_path(location.path, base_config, scan, options, location.name)
     from .locate import store
 
     analysis = store.load(location.checkpoint, base_config) if scan is None else None
     if analysis is None:
-        analysis = analyse_checkpoint(location.checkpoint, location.name, base_config, scan)
+        analysis = analyse_checkpoint(location.checkpoint, location.name, base_config, scan, options)
         if scan is None:
             store.save(analysis)
-    return analysis
+    return analysis.replace(structure=with_compute(analysis.structure, options))
 
 
 def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions | None = None,
-                 name: str | None = None) -> ModelAnalysis:
+                 options: ComputeOptions | None = None, name: str | None = None) -> ModelAnalysis:
     """A single model given by path (a folder or a checkpoint file)."""
     name = name or os.path.basename(os.path.normpath(path))
     entries = examine(path, name)
@@ -234,7 +244,7 @@ def analyse_path(path: str, base_config: dict | None = None, scan: ScanOptions |
     if len(found) > 1:
         raise CheckpointError(path, f"holds {len(found)} checkpoints: " + ", ".join(e.name for e in found),
                               "give one of them")
-    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config, scan)
+    return analyse_checkpoint(found[0].checkpoint, found[0].name, base_config, scan, options)
 
 
 # -- batch ------------------------------------------------------------------------------------
@@ -252,7 +262,7 @@ def analysis_dirs(entry: ModelEntry, output_dir: str) -> tuple[str, str]:
 
 
 def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None, force: bool,
-                  scan: ScanOptions | None = None) -> ModelResult:
+                  scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelResult:
     if entry.error:
         return ModelResult(entry, "error", entry.error)
     if entry.skip_reason:
@@ -270,12 +280,16 @@ def analyse_entry(entry: ModelEntry, output_dir: str, base: ModelAnalysis | None
                     found_in = folder
                     break
         reused = analysis is not None
+        if reused:
+            structure = with_compute(analysis.structure, options)
+            if structure is not analysis.structure:  # other --seq_len, --context, ...: the files get the new figures
+                analysis, reused = analysis.replace(structure=structure), False
         if reused and base is None:
             # Nothing new to say: the files on disk (and a comparison an earlier run made against a base)
             # stay as they are, one coherent set.
             return ModelResult(entry, "analysed", "", analysis, None, found_in, True)
         if analysis is None:
-            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan)
+            analysis = analyse_checkpoint(entry.checkpoint, entry.name, base.config if base else None, scan, options)
         comparison = None
         if base is not None:
             from .compare import compare  # only with --base_model
@@ -331,6 +345,8 @@ def _reuse(entry: ModelEntry, folder: str, base_config: dict | None) -> ModelAna
         current = fingerprint(entry.checkpoint)
         if any(source.get(key) != value for key, value in current.items()) or data.get("model_name") != entry.name:
             return None
+        if "compute" not in data:
+            return None  # written before the compute figures existed
         structure = structure_from_dict(data)
         if _depends_on_base(structure) and source.get("base_config") != config_digest(base_config):
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .compare import Change, Comparison, ExpertMatching
 from .quantized import Quantization
+from .compute import CONVENTION, ComputeOptions, LayerCompute, ModelCompute, PassFlops
 from .interpret.structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
                                   ModelStructure)
 
@@ -29,7 +30,8 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "embedding_params": structure.embedding_params,
         "lm_head_params": structure.lm_head_params,
         "layer_summary": {"num_layers": structure.num_layers, "total_layer_params": structure.total_layer_params},
-        "layers": [_layer_to_dict(layer) for layer in structure.layers],
+        "layers": [_layer_to_dict(layer, layer_compute) for layer, layer_compute
+                   in zip(structure.layers, structure.compute.layers if structure.compute else [None] * structure.num_layers)],
         "tied_embeddings": structure.tied_embeddings,
         "final_norm_params": structure.final_norm_params,
         "other_params": structure.other_params,
@@ -50,8 +52,12 @@ def structure_to_dict(structure: ModelStructure) -> dict:
         "projection_names": structure.projection_names,
         "slicing": structure.slicing,
         "layer_prefix": structure.layer_prefix,
+        "lm_head_shape": list(structure.lm_head_shape) if structure.lm_head_shape else None,
+        **({"outside_weight_shapes": {name: list(shape) for name, shape in structure.outside_weight_shapes.items()}}
+           if structure.outside_weight_shapes else {}),
         **_model_contents_fields(structure.contents),
         **({"quantization": quantization_to_dict(structure.quantization)} if structure.quantization else {}),
+        **({"compute": compute_to_dict(structure.compute)} if structure.compute is not None else {}),
     }
 
 
@@ -72,7 +78,7 @@ def _model_contents_fields(contents: ModelContents | None) -> dict:
             "nm_sparsity": contents.nm_sparsity, "tensors": list(contents.tensors)}
 
 
-def _layer_to_dict(layer: LayerStructure) -> dict:
+def _layer_to_dict(layer: LayerStructure, layer_compute: LayerCompute | None = None) -> dict:
     attention, mlp, contents = layer.attention, layer.mlp, layer.contents
     data = {
         "layer_idx": layer.layer_idx,
@@ -97,6 +103,9 @@ def _layer_to_dict(layer: LayerStructure) -> dict:
         **({"widths": layer.widths} if layer.widths else {}),
         "fingerprint": layer.fingerprint,
         **({"expert_fingerprints": list(layer.expert_fingerprints)} if layer.expert_fingerprints else {}),
+        "weight_shapes": {name: list(shape) for name, shape in layer.weight_shapes.items()},
+        **({"attention_window": layer.attention_window} if layer.attention_window else {}),
+        **({"compute": _layer_compute_to_dict(layer_compute)} if layer_compute is not None else {}),
     }
     if contents is not None:
         data["nonzero"] = contents.nonzero
@@ -164,7 +173,10 @@ def structure_from_dict(data: dict) -> ModelStructure:
             mlp=MlpStructure(**mlp), norm=layer["norm"], is_zero_layer=layer["is_zero_layer"],
             other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
             fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer),
-            expert_fingerprints=tuple(layer.get("expert_fingerprints", ()))))
+            expert_fingerprints=tuple(layer.get("expert_fingerprints", ())),
+
+            weight_shapes={name: tuple(shape) for name, shape in layer.get("weight_shapes", {}).items()},
+            attention_window=layer.get("attention_window")))
     return ModelStructure(
         model_name=data["model_name"], family=data["family"], total_params=data["total_params"],
         embedding_params=data["embedding_params"], lm_head_params=data["lm_head_params"],
@@ -180,7 +192,61 @@ def structure_from_dict(data: dict) -> ModelStructure:
         active_params=data.get("active_params"),
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
         if "nonzero_params" in data else None,
-        quantization=quantization_from_dict(data["quantization"]) if data.get("quantization") else None)
+        quantization=quantization_from_dict(data["quantization"]) if data.get("quantization") else None,
+
+        lm_head_shape=tuple(data["lm_head_shape"]) if data.get("lm_head_shape") else None,
+        outside_weight_shapes={name: tuple(shape) for name, shape in data.get("outside_weight_shapes", {}).items()},
+        compute=compute_from_dict(data["compute"], data["layers"]) if "compute" in data else None)
+
+
+# -- the `compute` objects (model level and per layer) -------------------------------------------
+
+LAYER_SPLIT = PassFlops.FIELDS[:4]  # lm_head and other are the model's, not a layer's
+
+
+def _layer_compute_to_dict(layer: LayerCompute) -> dict:
+    return {"prefill_flops": sum(layer.prefill), "decode_flops": sum(layer.decode),
+            "prefill": dict(zip(LAYER_SPLIT, layer.prefill)), "decode": dict(zip(LAYER_SPLIT, layer.decode)),
+            "kv_cache_bytes_per_token": layer.kv_cache_bytes_per_token}
+
+
+def compute_to_dict(compute: ModelCompute) -> dict:
+    options = compute.options
+    return {
+        "convention": CONVENTION,
+        "seq_len": options.seq_len, "context": options.context, "batch": options.batch,
+        "last_logit": options.last_logit,
+        "prefill_flops": compute.prefill_flops, "prefill_macs": compute.prefill_flops // 2,
+        "decode_flops": compute.decode_flops, "decode_macs": compute.decode_flops // 2,
+        "prefill": dict(zip(PassFlops.FIELDS, compute.prefill)), "decode": dict(zip(PassFlops.FIELDS, compute.decode)),
+        "kv_dtype": compute.kv_dtype, "kv_dtype_option": options.kv_dtype,
+        "kv_cache_bytes_per_token": compute.kv_cache_bytes_per_token, "kv_cache_bytes": compute.kv_cache_bytes,
+        "weight_bytes": compute.weight_bytes, "weight_bytes_by_dtype": compute.weight_bytes_by_dtype,
+        "weight_dtype": options.weight_dtype, "weight_bytes_at_dtype": compute.weight_bytes_at_dtype,
+        "memory_bytes": compute.memory_bytes, "memory_budget": options.memory,
+        "max_context": compute.max_context, "max_batch": compute.max_batch,
+        "context_unbounded": compute.context_unbounded,
+        "notes": list(compute.notes),
+    }
+
+
+def compute_from_dict(data: dict, layers: list[dict]) -> ModelCompute:
+    """Inverse of compute_to_dict; `layers` are the structure's layer objects holding each layer's part."""
+    options = ComputeOptions(seq_len=data["seq_len"], context=data["context"], batch=data["batch"],
+                             kv_dtype=data["kv_dtype_option"], weight_dtype=data["weight_dtype"],
+                             memory=data["memory_budget"], last_logit=data["last_logit"])
+    return ModelCompute(
+        options=options,
+        layers=tuple(LayerCompute(layer_idx=layer["layer_idx"], prefill=PassFlops(**layer["compute"]["prefill"]),
+                                  decode=PassFlops(**layer["compute"]["decode"]),
+                                  kv_cache_bytes_per_token=layer["compute"]["kv_cache_bytes_per_token"],
+                                  attention_window=layer.get("attention_window")) for layer in layers),
+        prefill=PassFlops(**data["prefill"]), decode=PassFlops(**data["decode"]), kv_dtype=data["kv_dtype"],
+        kv_cache_bytes_per_token=data["kv_cache_bytes_per_token"], kv_cache_bytes=data["kv_cache_bytes"],
+        weight_bytes=data["weight_bytes"], weight_bytes_by_dtype=data["weight_bytes_by_dtype"],
+        weight_bytes_at_dtype=data["weight_bytes_at_dtype"], memory_bytes=data["memory_bytes"],
+        max_context=data["max_context"], max_batch=data["max_batch"], context_unbounded=data["context_unbounded"],
+        notes=tuple(data["notes"]))
 
 
 # -- model_comparison.json ------------------------------------------------------------------------
@@ -214,6 +280,8 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "shortcut": _change(layer.shortcut),
                 "is_zero_layer": layer.is_zero_layer,
                 **({"experts": _expert_matching(layer.experts)} if layer.experts is not None else {}),
+                **({"compute": {name: _change(change) for name, change in layer.compute.items()}}
+                   if layer.compute is not None else {}),
             }
             for layer in comparison.layers
         ],
@@ -229,6 +297,10 @@ def comparison_to_dict(comparison: Comparison) -> dict:
     if comparison.active_params is not None:
         data["active_params"] = _change(comparison.active_params)
         data["removed_experts"] = {str(idx): list(removed) for idx, removed in comparison.removed_experts.items()}
+    if comparison.compute is not None:
+        data["compute"] = {name: _change(change) for name, change in comparison.compute.items()}
+        data["compute"]["notes"] = list(comparison.compute_notes)
+        data["compute"]["convention"] = CONVENTION
     if comparison.nonzero_params is not None:
         data["nonzero_params"] = _change(comparison.nonzero_params)
         for layer, compared in zip(data["layers"], comparison.layers):

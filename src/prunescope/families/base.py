@@ -112,6 +112,9 @@ class Family(Record):
     buffers: tuple[str, ...] = ()  # names relative to a layer of buffers older files carry (not parameters)
     # head_dim as a sum of config keys, when the family's config.head_dim means something else (DeepSeek).
     head_dim_sum: tuple[str, ...] = ()
+    # Linear layers outside the decoder stack that every token passes through besides the LM head (their
+    # parameters stay in `other`; their matmuls count as FLOPs): module name part -> nothing else needed.
+    outside_linears: tuple[str, ...] = ()
 
     def place(self, rest: str) -> tuple[str, str | None, str]:
         """(bucket, role or None, module) of a tensor named `rest` relative to its layer."""

@@ -18,4 +18,5 @@ FAMILY = Family(
     },
     outside={**OUTSIDE, "final_layer_norm": FINAL_NORM},
     config_keys={**CONFIG_KEYS, "intermediate": ("ffn_dim",)},
+    outside_linears=("project_in", "project_out"),  # OPT-350m: word_embed_proj_dim <-> hidden_size
 )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 
+from ..families.windows import attention_windows
 from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_prefix, first_architecture,
                         model_type_from_classes, short_class)
 from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, EMBEDDING_NORM, FINAL_NORM, GATE, GATE_UP,
-                             HALVES, LM_HEAD, MTP, MULTI_QUERY, PER_HEAD, PER_KV_GROUP, POSITIONS, K, O, Q, Q_NORM,
-                             QKV, UP, V, Family, is_weight)
+                             HALVES, LM_HEAD, MLP_PROJECTIONS, MTP, MULTI_QUERY, PER_HEAD, PER_KV_GROUP, POSITIONS, K,
+                             O, Q, Q_NORM, QKV, UP, V, Family, is_weight)
 from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
 from .mla import latent_attention
@@ -55,6 +56,7 @@ class OutsideBuckets(Record):
     other_names: tuple[str, ...]
     embedding_tensor: TensorInfo | None
     lm_head_seen: bool
+    lm_head_tensor: TensorInfo | None = None
 
 
 def interpret(index: TensorIndex, name: str, config: dict | None = None,
@@ -88,11 +90,12 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         class_prefix(short_class(index.module_classes.get("")))
     names: dict[str, str] = {}
     layers, residual_widths = [], []
-    for layer_idx in sorted(stack.layers):
+    windows = attention_windows(config, len(stack.layers))
+    for layer_idx, window in zip(sorted(stack.layers), windows):
         classes = {part: index.module_classes.get(f"{stack.prefix}.{layer_idx}{part}")
                    for part in ("", f".{family.attention}", f".{family.mlp}")}
         layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
-        layers.append(layer)
+        layers.append(layer.replace(attention_window=window) if window else layer)
         residual_widths.append(residual_width)
     extra = [idx for idx in sorted(stack.layers) if any(placed[3] == MTP for placed in stack.layers[idx])]
     if extra:
@@ -136,6 +139,8 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         quantization=index.quantization,
         top_k=family.config_value(config, "top_k") if moe_layers else None,
         num_experts=tuple(layer.mlp.num_experts or 0 for layer in layers) if moe_layers else None,
+        lm_head_shape=_lm_head_shape(embedding_tensor if tied else outside.lm_head_tensor),
+        outside_weight_shapes=_outside_linears(stack.outside, family),
     )
     assert structure.total_params == (outside.embedding + outside.embedding_norm + outside.positions + outside.lm_head
                                       + outside.final_norm + outside.other + structure.total_layer_params), \
@@ -220,7 +225,7 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
 def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> OutsideBuckets:
     counts = {EMBEDDING: 0, EMBEDDING_NORM: 0, POSITIONS: 0, LM_HEAD: 0, FINAL_NORM: 0, None: 0}
     other_names = []
-    embedding_tensor = None
+    embedding_tensor = lm_head_tensor = None
     for tensor in outside:
         role = family.outside_role(tensor.name)
         if role == EMBEDDING and not is_weight(tensor.name):
@@ -230,11 +235,27 @@ def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> Outside
             other_names.append(tensor.name)
         elif role == EMBEDDING:
             embedding_tensor = tensor
+        elif role == LM_HEAD and is_weight(tensor.name):
+            lm_head_tensor = tensor
     return OutsideBuckets(
         embedding=counts[EMBEDDING], embedding_norm=counts[EMBEDDING_NORM], positions=counts[POSITIONS], lm_head=counts[LM_HEAD],
         final_norm=counts[FINAL_NORM], other=counts[None], other_names=tuple(other_names),
         embedding_tensor=embedding_tensor,
-        lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside))
+        lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside),
+        lm_head_tensor=lm_head_tensor)
+
+
+def _outside_linears(outside: tuple[TensorInfo, ...], family: Family) -> dict[str, tuple[int, int]]:
+    shapes = {}
+    for tensor in outside:
+        module = tensor.name.rsplit(".", 1)[0]
+        if is_weight(tensor.name) and len(tensor.shape) == 2 and module.rsplit(".", 1)[-1] in family.outside_linears:
+            shapes[module] = tuple(tensor.shape)
+    return shapes
+
+
+def _lm_head_shape(tensor: TensorInfo | None) -> tuple[int, ...] | None:
+    return tuple(tensor.shape) if tensor is not None and len(tensor.shape) == 2 else None
 
 
 def _tying(outside: OutsideBuckets, aliases: dict[str, str], family: Family, config: dict, notes: list[str]) -> bool:
@@ -306,6 +327,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
         name = f"{stack.prefix}.{layer_idx}.{modules[fused]}.weight"
         if parts and fused in weights and name not in transposed:
             fused_rows[name] = parts
+    weight_shapes = _weight_shapes(weights, rows, tensors, fused_layout)
 
     def heads(projection: str) -> int | None:
         if projection not in rows:
@@ -363,7 +385,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     total = attention.total + mlp.total + buckets["norm"] + buckets["shortcut"] + buckets["other"]
     layer = LayerStructure(
         layer_idx=layer_idx, total=total, attention=attention, mlp=mlp, norm=buckets["norm"],
-        other=buckets["other"], shortcut=buckets["shortcut"], widths=widths,
+        other=buckets["other"], shortcut=buckets["shortcut"], widths=widths, weight_shapes=weight_shapes,
         tensor_roles={tensor.name: (bucket, role) for _, tensor, bucket, role, _ in tensors},
         fused_rows=fused_rows, expert_tensors=experts.tensors if experts else {}, transposed=tuple(transposed))
     return layer, residual_width
@@ -375,6 +397,19 @@ def _check_router(tensors, experts: int, layer_idx: int, notes: list[str]) -> No
     for rest, tensor, bucket, _, _ in tensors:
         if bucket == "router" and is_weight(rest) and tensor.shape and tensor.shape[0] != experts:
             notes.append(f"layer {layer_idx}: the router scores {tensor.shape[0]} experts, the file holds {experts}")
+def _weight_shapes(weights, rows, tensors, fused_layout: dict) -> dict[str, tuple[int, int]]:
+    """(out, in) of each projection's weight by its schema name, a fused weight's parts with their own
+    rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names."""
+    stored = dict(weights)
+    for fused, description in fused_layout.items():
+        if fused in weights:
+            stored.update(dict.fromkeys(description.parts, weights[fused]))
+    shapes = {role: (rows[role], stored[role][1]) for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS
+              if role in stored and len(stored[role]) == 2 and rows.get(role) is not None}
+    for _, tensor, bucket, _, module in tensors:
+        if bucket == "shortcut" and len(tensor.shape) == 2:
+            shapes[module] = tuple(tensor.shape)
+    return shapes
 
 
 def _columns(weights, roles) -> int | None:

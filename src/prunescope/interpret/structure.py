@@ -86,6 +86,12 @@ class LayerStructure(Record):
     # mlp_input, mlp_output; empty when the layer has no shortcut matrices.
     widths: dict = {}
     fingerprint: str | None = None  # hash of sampled contents: equal for a layer kept verbatim
+    # The matrix products the layer's forward runs, as weight shapes (out, in): q/k/v/o and gate/up/down
+    # by their schema names (fused weights split into their parts' rows), and SliceGPT's shortcut
+    # matrices by their own names. Biases are not in here: they cost no FLOPs (see compute.py).
+    weight_shapes: dict = {}
+    # Keys the layer attends to at most (sliding-window attention, from the config), None when all.
+    attention_window: int | None = None
     contents: LayerContents | None = None  # with --sparsity
     # For the content stage, not part of the report: how stage 3 placed each of the layer's tensors
     # (full name -> (bucket, role or None)), and how each fused weight's rows divide among its parts
@@ -143,6 +149,10 @@ class ModelStructure(Record):
     contents: ModelContents | None = None  # with --sparsity
     # Quantized checkpoints (prunescope.quantized.Quantization): every count above is the dense model's.
     quantization: object = None
+    lm_head_shape: tuple[int, ...] | None = None  # (vocab, input width): the embedding's when tied
+    # Other linear layers every token passes through outside the stack (OPT's project_in/out): name -> (out, in).
+    outside_weight_shapes: dict = {}
+    compute: object | None = None  # compute.ModelCompute, filled in by the compute stage
 
     @property
     def num_layers(self) -> int:

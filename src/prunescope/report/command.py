@@ -38,6 +38,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subtasks", action="store_true", help="also show the subtasks of groups (MMLU subjects)")
     parser.add_argument("--per_task", "--per-task", dest="per_task", action="store_true",
                         help="also plot each task's score against parameters")
+    parser.add_argument("--accuracy_x", "--accuracy-x", dest="accuracy_x", choices=("params", "nonzero", "flops"),
+                        default="params", help="x axis of the accuracy plots: total parameters, nonzero parameters "
+                                               "(--sparsity) or prefill MACs (default: %(default)s)")
     parser.add_argument("--base_results", "--base-results", dest="base_results", metavar="NAME_OR_PATH",
                         help="the results-only folder (its name under --models_dir, or a path) that holds the base "
                              "model's scores, when its name does not say so")
@@ -60,12 +63,12 @@ def report_from_args(args: argparse.Namespace) -> int:
     tasks = tuple(task.strip() for task in (args.tasks or "").split(",") if task.strip())
     return run_report(args.output_dir, models_dir=args.models_dir, formats=formats, metrics=args.metric,
                       tasks=tasks, per_task=args.per_task, show_subtasks=args.subtasks,
-                      base_results=args.base_results)
+                      base_results=args.base_results, accuracy_x=args.accuracy_x)
 
 
 def run_report(output_dir: str, models_dir: str | None = None, formats: tuple = FORMATS, metrics=(),
                tasks: tuple = (), per_task: bool = False, show_subtasks: bool = False,
-               base_results: str | None = None, out=None) -> int:
+               base_results: str | None = None, out=None, accuracy_x: str = "params") -> int:
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
     try:
@@ -101,7 +104,8 @@ def run_report(output_dir: str, models_dir: str | None = None, formats: tuple = 
         plots = []
         image_formats = tuple(name for name in formats if name in IMAGE_FORMATS)
         if image_formats or "html" in formats:
-            plots = draw_plots(study, board, os.path.join(output_dir, "plots"), image_formats, per_task, problems)
+            plots = draw_plots(study, board, os.path.join(output_dir, "plots"), image_formats, per_task, problems,
+                               accuracy_x)
             written += [path for plot in plots for path in plot.files]
         if "html" in formats:
             from .html import render_html
@@ -127,7 +131,8 @@ def run_report(output_dir: str, models_dir: str | None = None, formats: tuple = 
     return 0
 
 
-def draw_plots(study, board, folder: str, image_formats: tuple, per_task: bool, problems: list) -> list:
+def draw_plots(study, board, folder: str, image_formats: tuple, per_task: bool, problems: list,
+               accuracy_x: str = "params") -> list:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
@@ -135,4 +140,4 @@ def draw_plots(study, board, folder: str, image_formats: tuple, per_task: bool, 
         return []
     from .plots import write_plots
 
-    return write_plots(study, board, folder, image_formats, per_task, problems)
+    return write_plots(study, board, folder, image_formats, per_task, problems, accuracy_x)

@@ -143,6 +143,9 @@ def layers_html(model: ModelRow) -> str:
     header = ["layer"] + (["base layer", "kept"] if compared else []) + [
         "total", "attention", "heads", "KV heads", "MLP", "intermediate", "norm"] + (
         ["shortcut"] if sliced else []) + (["nonzero", "sparsity"] if scanned else []) + ["all zero"]
+    computed = any(layer.prefill_flops is not None for layer in model.layers)
+    if computed:  # a prefill's MACs per layer (FLOPs / 2), the convention under the summary table
+        header += ["MACs"] + (["MACs kept"] if compared else [])
     rows, zeroed = [], False
     for layer in model.layers:
         cells = [str(layer.layer_idx)]
@@ -161,6 +164,11 @@ def layers_html(model: ModelRow) -> str:
             cells += ["-" if layer.nonzero is None else f"{layer.nonzero:,}",
                       "-" if layer.sparsity is None else f"{layer.sparsity * 100:.1f}%"]
         cells.append({True: "yes", False: "", None: "?"}[layer.is_zero_layer])
+        if computed:
+            cells.append(format_params(layer.prefill_flops // 2) if layer.prefill_flops is not None else "-")
+            if compared:
+                cells.append(f"{layer.prefill_flops / layer.base_prefill_flops * 100:.1f}%"
+                             if layer.prefill_flops is not None and layer.base_prefill_flops else "-")
         rows.append("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{escape(title)}</th>" for title in header) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>"

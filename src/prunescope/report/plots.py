@@ -53,7 +53,7 @@ class Plot(Record):
 
 class Point(Record):
     name: str
-    params: int
+    params: int  # what the x axis shows: parameters, nonzero parameters or MACs
     score: float
     is_base: bool = False
 
@@ -344,13 +344,20 @@ def composition_bars(study: Study):
     return figure
 
 
-def accuracy_points(study: Study, values: dict) -> list[Point]:
-    return [Point(model.name, model.total_params, values[model.name], model.role == "base")
-            for model in study.models if model.total_params is not None and values.get(model.name) is not None]
+# The accuracy plot's x axis: ModelRow field, axis label.
+ACCURACY_X = {"params": ("total_params", "Total parameters"), "nonzero": ("nonzero_params", "Nonzero parameters"),
+              "flops": ("prefill_macs", "Prefill MACs")}
 
 
-def accuracy_vs_params(study: Study, board: Scoreboard, task: str | None = None):
-    """Average score (or one task's) against total parameters, the Pareto front marked."""
+def accuracy_points(study: Study, values: dict, x: str = "params") -> list[Point]:
+    field = ACCURACY_X[x][0]
+    return [Point(model.name, getattr(model, field), values[model.name], model.role == "base")
+            for model in study.models if getattr(model, field) is not None and values.get(model.name) is not None]
+
+
+def accuracy_vs_params(study: Study, board: Scoreboard, task: str | None = None, x: str = "params"):
+    """Average score (or one task's) against total parameters (or nonzero parameters, or prefill MACs),
+    the Pareto front marked."""
     if task is None:
         if not board.average_over:
             return None
@@ -362,7 +369,7 @@ def accuracy_vs_params(study: Study, board: Scoreboard, task: str | None = None)
         percent, higher = column.percent, column.higher_is_better
         ylabel = literal(f"{task}: {column.metric}") + (" (%)" if percent else "")
         title = literal(task) + " against size" + ("" if higher else " (lower is better)")
-    points = accuracy_points(study, values)
+    points = accuracy_points(study, values, x)
     if len(points) < 2:  # one point has no trade-off to show
         return None
     scale, unit = param_scale(max(point.params for point in points))
@@ -393,7 +400,91 @@ def accuracy_vs_params(study: Study, board: Scoreboard, task: str | None = None)
     order = sorted(range(len(points)), key=lambda index: index not in front)  # the front's labels get the best spots
     place_labels(figure, axis, [short(points[index].name, 24) for index in order], [xs[index] for index in order],
                  [ys[index] for index in order], 6.5 if many else 8)
-    axis.set(xlabel=f"Total parameters ({unit})" if unit else "Total parameters", ylabel=ylabel, title=title)
+    xlabel = ACCURACY_X[x][1]
+    if x == "flops":
+        xlabel += f" at S={next(m.compute_options.get('seq_len') for m in study.models if m.prefill_macs)} (FLOPs = 2 x MACs)"
+    axis.set(xlabel=f"{xlabel} ({unit})" if unit else xlabel, ylabel=ylabel, title=title)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return figure
+
+
+FLOP_PARTS = (  # (LayerRow field, legend label, colour, hatch) of the per-layer FLOPs bars
+    ("prefill_attention_projections", "Attention projections", "#E69F00", "//"),
+    ("prefill_attention_core", "Attention core (QKᵀ, A·V)", "#D55E00", "xx"),
+    ("prefill_mlp", "MLP", "#009E73", ".."),
+    ("prefill_shortcut", "SliceGPT shortcuts", "#999999", "\\\\"),
+)
+
+
+def flops_profile(study: Study):
+    """Per layer, the prefill FLOPs split into attention projections, attention core and MLP (stacked bars,
+    at the base layer each came from), the base's per-layer FLOPs as a dashed outline; one panel per model."""
+    models = [model for model in study.models if model.role != "base"
+              and any(layer.prefill_flops is not None for layer in model.layers)]
+    if not models:
+        return None
+    base = next((model for model in study.models if model.role == "base"
+                 and any(layer.prefill_flops is not None for layer in model.layers)), None)
+    largest = max(layer.prefill_flops or 0 for model in models + ([base] if base else []) for layer in model.layers)
+    scale, unit = param_scale(largest)
+    columns = min(len(models), 3 if len(models) <= 9 else 5)
+    rows = math.ceil(len(models) / columns)
+    figure = new_figure(3.4 * columns + 1.6, (2.5 if rows <= 3 else 1.6) * rows + 0.9)
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    parts = [part for part in FLOP_PARTS if any(getattr(layer, part[0]) for model in models for layer in model.layers)]
+    for axis, model in zip(axes.flat, models):
+        xs = [layer.base_layer_idx if base is not None and aligned(model) else layer.layer_idx for layer in model.layers]
+        bottom = [0.0] * len(xs)
+        for field, label, colour, hatch in parts:
+            heights = [(getattr(layer, field) or 0) / scale for layer in model.layers]
+            axis.bar(xs, heights, bottom=bottom, color=colour, hatch=hatch, edgecolor="white", linewidth=0.3,
+                     label=label, width=0.8)
+            bottom = [low + height for low, height in zip(bottom, heights)]
+        if base is not None:
+            axis.bar([layer.layer_idx for layer in base.layers], [(layer.prefill_flops or 0) / scale for layer in base.layers],
+                     fill=False, edgecolor="0.2", linestyle="--", linewidth=0.9, width=0.8, label="base")
+        axis.set_title(short(model.name, 30), fontsize=8)
+        integer_ticks(axis)
+    for axis in list(axes.flat)[len(models):]:
+        axis.set_visible(False)
+    seq_len = next(m.compute_options.get("seq_len") for m in models if m.compute_options)
+    figure.supxlabel("Layer (base model's numbering)" if base else "Layer")
+    figure.supylabel(f"Prefill FLOPs ({unit})" if unit else "Prefill FLOPs")
+    figure.suptitle(f"FLOPs per layer, prefill of S={seq_len} tokens")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper")
+    return figure
+
+
+def memory_at(model, context: int) -> float | None:
+    """Weights + KV cache (bytes) at `context` tokens and the model's batch; sliding-window layers keep
+    window - 1 tokens."""
+    if model.weight_bytes is None or not model.kv_layers:
+        return None
+    from ..compute import cached_tokens
+
+    batch = model.compute_options.get("batch") or 1
+    return model.weight_bytes + batch * sum(per_token * cached_tokens(window, context)
+                                            for per_token, window in model.kv_layers)
+
+
+def memory_vs_context(study: Study):
+    models = [model for model in study.models if memory_at(model, 1) is not None]
+    if not models:
+        return None
+    contexts = [2 ** power for power in range(7, 18)]  # 128 to 131072 tokens
+    figure = new_figure(7.0, 3.8)
+    axis = figure.add_subplot()
+    scale = 2 ** 30 if max(memory_at(model, contexts[-1]) for model in models) >= 2 ** 30 else 2 ** 20
+    number = 0
+    for model in models:
+        style = BASE_STYLE if model.role == "base" else dict(label=short(model.name), **series_style(number))
+        number += model.role != "base"
+        axis.plot(contexts, [memory_at(model, context) / scale for context in contexts], **style)
+    axis.set_xscale("log", base=2)
+    batch = models[0].compute_options.get("batch") or 1
+    axis.set(xlabel="Context length (tokens)", ylabel=f"Weights + KV cache ({'GiB' if scale == 2 ** 30 else 'MiB'})",
+             title=f"Memory against context length (batch {batch})")
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
@@ -462,8 +553,16 @@ def figure_bytes(figure, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def plan(study: Study, board: Scoreboard, per_task: bool) -> list[tuple]:
+CONVENTION_CAPTION = ("FLOPs = 2 x MACs of every matrix product as torch's FlopCounterMode counts an eager forward "
+                      "(linear weights without biases, attention QKᵀ and A·V over the full rectangle with the query "
+                      "heads, LM head on every position; nothing elementwise); zeroed or 2:4 weights keep their dense "
+                      "FLOPs.")
+
+
+def plan(study: Study, board: Scoreboard, per_task: bool, accuracy_x: str = "params") -> list[tuple]:
     """(stem, title, caption, draw) of every figure the data allows, in report order."""
+    x_words = {"params": "total parameters", "nonzero": "nonzero parameters", "flops": "prefill MACs"}[accuracy_x]
+    x_caption = f" {CONVENTION_CAPTION}" if accuracy_x == "flops" else ""
     figures = [
         ("depth_profile", "Parameters per layer", "Each model's parameters per layer against the base (dashed); "
          "a removed layer shows as 0 at its place in the base.", lambda: depth_profile(study)),
@@ -476,14 +575,19 @@ def plan(study: Study, board: Scoreboard, per_task: bool) -> list[tuple]:
          "base in brackets.", lambda: composition_bars(study)),
         ("sparsity_profile", "Sparsity per layer", "Share of zero parameters per layer (content scan, --sparsity), for the models that have zeros.",
          lambda: sparsity_profile(study)),
-        ("accuracy_vs_params", "Accuracy against size", "Average score against total parameters; filled: the "
-         "Pareto front (no model is both smaller and better).", lambda: accuracy_vs_params(study, board)),
+        ("flops_profile", "FLOPs per layer", "Prefill FLOPs per layer split into attention projections, attention "
+         "core and MLP, against the base's (dashed outline). " + CONVENTION_CAPTION, lambda: flops_profile(study)),
+        ("memory_vs_context", "Memory against context length", "Weights plus KV cache against context length "
+         "(no activations); sliding-window layers stop growing at their window.", lambda: memory_vs_context(study)),
+        ("accuracy_vs_params", "Accuracy against size", f"Average score against {x_words}; filled: the "
+         "Pareto front (no model is both smaller and better)." + x_caption,
+         lambda: accuracy_vs_params(study, board, x=accuracy_x)),
     ]
     if per_task:
         for column in board.columns:
             figures.append((f"accuracy_vs_params_{safe_stem(column.task)}", f"{column.task} against size",
-                            f"{column.task} ({column.metric}) against total parameters, Pareto front filled.",
-                            lambda task=column.task: accuracy_vs_params(study, board, task)))
+                            f"{column.task} ({column.metric}) against {x_words}, Pareto front filled." + x_caption,
+                            lambda task=column.task: accuracy_vs_params(study, board, task, accuracy_x)))
     return figures
 
 
@@ -492,14 +596,14 @@ def safe_stem(text: str) -> str:
 
 
 def write_plots(study: Study, board: Scoreboard, folder: str, formats: tuple, per_task: bool = False,
-                problems: list | None = None) -> list[Plot]:
+                problems: list | None = None, accuracy_x: str = "params") -> list[Plot]:
     """Draw every figure the data allows; write it in `formats` ("png", "svg") under `folder`.
     PNG bytes are kept for the HTML even when no PNG file is asked for."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     plots = []
-    for stem, title, caption, draw in plan(study, board, per_task):
+    for stem, title, caption, draw in plan(study, board, per_task, accuracy_x):
         with matplotlib.rc_context(STYLE):
             try:
                 figure = draw()

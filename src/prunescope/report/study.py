@@ -65,6 +65,13 @@ class LayerRow(Record):
     base_mlp: int | None = None
     base_attention_nonzero: int | None = None  # when both models were scanned
     base_mlp_nonzero: int | None = None
+    # FLOPs of a prefill (model_structure.json's per-layer compute), split; the base layer's total.
+    prefill_flops: int | None = None
+    prefill_attention_projections: int | None = None
+    prefill_attention_core: int | None = None
+    prefill_mlp: int | None = None
+    prefill_shortcut: int | None = None
+    base_prefill_flops: int | None = None
 
 
 class ModelRow(Record):
@@ -89,6 +96,15 @@ class ModelRow(Record):
     base_num_layers: int | None = None
     warnings: tuple = ()  # one line each: stale config, security findings, guessed layer pairing, ...
     scores: dict = {}  # task -> evals.TaskResult
+    # Compute (model_structure.json's `compute`): a prefill's MACs, memory, and what the KV cache adds per
+    # token, per layer as (bytes per token, sliding window or None), for memory against context.
+    prefill_macs: int | None = None
+    prefill_flops_reduction_ratio: float | None = None
+    decode_flops: int | None = None
+    weight_bytes: int | None = None  # at the chosen --weight_dtype if any, else as stored
+    memory_bytes: int | None = None
+    kv_layers: tuple = ()
+    compute_options: dict = {}  # seq_len, context, batch
 
 
 class Unanalysed(Record):
@@ -221,8 +237,36 @@ def layer_rows(structure: dict, comparison: dict | None) -> tuple:
             attention_nonzero=attention.get("nonzero"), mlp_nonzero=mlp.get("nonzero"),
             base_total=original(base.get("total")), base_attention=original(base_attention.get("total")),
             base_mlp=original(base_mlp.get("total")), base_attention_nonzero=original(base_attention.get("nonzero")),
-            base_mlp_nonzero=original(base_mlp.get("nonzero"))))
+            base_mlp_nonzero=original(base_mlp.get("nonzero")), **layer_compute_fields(layer, base)))
     return tuple(rows)
+
+
+def layer_compute_fields(layer: dict, compared: dict) -> dict:
+    figures = layer.get("compute")
+    if not isinstance(figures, dict):
+        return {}
+    prefill = figures.get("prefill") or {}
+    return dict(prefill_flops=figures.get("prefill_flops"),
+                prefill_attention_projections=prefill.get("attention_projections"),
+                prefill_attention_core=prefill.get("attention_core"), prefill_mlp=prefill.get("mlp"),
+                prefill_shortcut=prefill.get("shortcut"),
+                base_prefill_flops=original((compared.get("compute") or {}).get("prefill_flops")))
+
+
+def model_compute_fields(structure: dict, comparison: dict | None) -> dict:
+    """The ModelRow's compute fields from model_structure.json (and the comparison's FLOPs kept)."""
+    figures = structure.get("compute")
+    if not isinstance(figures, dict):
+        return {}
+    kept = ((comparison or {}).get("compute") or {}).get("prefill_flops") or {}
+    # The weights as the memory figure counts them (at --weight_dtype when given).
+    weights = figures["memory_bytes"] - figures["kv_cache_bytes"] if "memory_bytes" in figures else None
+    return dict(prefill_macs=figures.get("prefill_macs"), decode_flops=figures.get("decode_flops"),
+                prefill_flops_reduction_ratio=kept.get("reduction_ratio"), weight_bytes=weights,
+                memory_bytes=figures.get("memory_bytes"),
+                kv_layers=tuple(((layer.get("compute") or {}).get("kv_cache_bytes_per_token") or 0,
+                                 layer.get("attention_window")) for layer in structure["layers"]),
+                compute_options={key: figures.get(key) for key in ("seq_len", "context", "batch")})
 
 
 def original(change) -> int | None:
@@ -309,7 +353,7 @@ def load_model(record: dict, base_name: str | None, problems: list) -> tuple[Mod
         sparsity=structure.get("sparsity"), nm_sparsity=structure.get("nm_sparsity"),
         **quantization_fields(structure),
         layers=layer_rows(structure, comparison), base_num_layers=original((comparison or {}).get("num_layers")),
-        warnings=warnings)
+        warnings=warnings, **model_compute_fields(structure, comparison))
     return row, structure, comparison
 
 
@@ -343,7 +387,7 @@ def base_from_comparisons(name: str, compared: list[tuple[dict, dict]], path: st
                 attention_nonzero=original(attention.get("nonzero")), mlp_nonzero=original(mlp.get("nonzero")),
                 base_total=total, base_attention=original(attention["total"]), base_mlp=original(mlp["total"]),
                 base_attention_nonzero=original(attention.get("nonzero")),
-                base_mlp_nonzero=original(mlp.get("nonzero")))
+                base_mlp_nonzero=original(mlp.get("nonzero")), **base_layer_compute(layer))
     structure, first = compared[0]
     total = first["total_params"]["original"]
     # num_layers, embedding_params and lm_head_params are prunescope's additions to the original
@@ -379,7 +423,34 @@ def base_from_comparisons(name: str, compared: list[tuple[dict, dict]], path: st
         num_layers=num_layers, attention_params=attention, mlp_params=mlp, embedding_params=embedding,
         norm_params=norm, other_params=other, nonzero_params=nonzero,
         sparsity=1 - nonzero / total if nonzero is not None and total else None,
-        layers=rows, base_num_layers=num_layers, warnings=tuple(warnings))
+        layers=rows, base_num_layers=num_layers, warnings=tuple(warnings),
+        **base_compute(structure, first, rows))
+
+
+def base_layer_compute(layer: dict) -> dict:
+    figures = layer.get("compute") or {}
+    fields = {name: original(figures.get(name)) for name in
+              ("prefill_flops", "prefill_attention_projections", "prefill_attention_core", "prefill_mlp",
+               "prefill_shortcut")}
+    return {**fields, "base_prefill_flops": fields["prefill_flops"]} if fields["prefill_flops"] is not None else {}
+
+
+def base_compute(structure: dict, comparison: dict, rows: tuple) -> dict:
+    """The base's compute figures as the comparison gives them (its weights as stored)."""
+    figures = comparison.get("compute") or {}
+    if not figures.get("prefill_flops"):
+        return {}
+    own = structure.get("compute") or {}
+    # Memory against context needs each layer's window; the comparison has the base's total per token, which
+    # is enough where no layer slides.
+    windowed = any(layer.get("attention_window") for layer in structure["layers"])
+    per_token = original(figures.get("kv_cache_bytes_per_token"))
+    kv_layers = ((per_token, None),) if per_token is not None and not windowed else ()
+    return dict(prefill_macs=original(figures["prefill_flops"]) // 2, decode_flops=original(figures.get("decode_flops")),
+                prefill_flops_reduction_ratio=0.0, memory_bytes=original(figures.get("memory_bytes")),
+                weight_bytes=original(figures["memory_bytes"]) - original(figures["kv_cache_bytes"])
+                if figures.get("memory_bytes") and figures.get("kv_cache_bytes") else None,
+                kv_layers=kv_layers, compute_options={key: own.get(key) for key in ("seq_len", "context", "batch")})
 
 
 def unchanged_by_pruning(compared: list[tuple[dict, dict]], field: str) -> int | None:

@@ -13,7 +13,7 @@ import io
 import re
 
 from ..records import Record
-from ..console import reduction
+from ..console import human_bytes, reduction
 from .evals import Scoreboard
 from .study import Study
 
@@ -30,7 +30,7 @@ MARKDOWN_SPECIAL = re.compile(r"[\\`*~<>\[\]|$&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-
 class Column(Record):
     key: str  # the CSV header
     title: str  # the header in Markdown, LaTeX and HTML
-    style: str  # "text", "params", "change", "count", "share", "bits" or "score"
+    style: str  # "text", "params", "change", "count", "share", "bits", "bytes" or "score"
     best: str | None = None  # "max" / "min": the best value is bold
     percent: bool = False  # a score shown x100
     subtitle: str = ""  # under the title: the metric
@@ -67,6 +67,12 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
     quantized = any(model.quantization for model in study.models)
     if quantized:  # what each parameter costs on disk, beside how many there are
         columns += [Column("quantization", "Format", "text"), Column("bits_per_param", "Bits/param", "bits")]
+    computed = next((model.compute_options for model in study.models if model.prefill_macs is not None), None)
+    if computed:
+        columns.append(Column("prefill_macs", "MACs", "params", subtitle=f"S={computed.get('seq_len')}"))
+        if compared:
+            columns.append(Column("prefill_flops_reduction_ratio", "MACs vs base", "change"))
+        columns.append(Column("memory_bytes", "Memory", "bytes", subtitle=f"L={computed.get('context')}"))
     for task in board.columns:
         columns.append(Column(f"{task.task}/{task.metric}", task.task, "score",
                               "max" if task.higher_is_better else "min", task.percent, task.metric))
@@ -82,16 +88,27 @@ def summary_table(study: Study, board: Scoreboard) -> Table:
             row += [model.nonzero_params, model.sparsity]
         if quantized:
             row += [model.quantization, model.bits_per_param]
+        if computed:
+            row += [model.prefill_macs] + ([model.prefill_flops_reduction_ratio] if compared else []) + [
+                model.memory_bytes]
         row += [board.values.get(model.name, {}).get(task.task) for task in board.columns]
         if board.average_over:
             row.append(board.averages.get(model.name))
         rows.append(tuple(row))
     table = Table(columns=tuple(columns), rows=tuple(rows), roles=tuple(model.role for model in study.models),
                   notes=())
-    return table.replace(notes=table_notes(study, board, scanned, other, bold=bool(best_cells(table))))
+    return table.replace(notes=table_notes(study, board, scanned, other, bold=bool(best_cells(table)), computed=computed))
 
 
-def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool, bold: bool) -> tuple:
+COMPUTE_NOTE = ("MACs: multiply-accumulates of a prefill of S tokens at batch 1 (FLOPs = 2 x MACs), counted as torch's "
+                "FlopCounterMode counts an eager forward: every matrix product (linear weights without biases, "
+                "attention QKᵀ and A·V over the full S x S rectangle with the query heads, the LM head on every "
+                "position), nothing elementwise. Zeroed and 2:4 weights keep their dense MACs (the savings need "
+                "sparse kernels).")
+
+
+def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool, bold: bool,
+                computed: dict | None = None) -> tuple:
     notes = []
     if study.base_name and any(model.reduction_ratio is not None for model in study.models if model.role == "pruned"):
         notes.append(f"vs base: change in total parameters against {study.base_name}.")
@@ -105,6 +122,9 @@ def table_notes(study: Study, board: Scoreboard, scanned: bool, other: bool, bol
     if any(model.quantization for model in study.models):
         notes.append("Format: how quantized models store their weights (parameters are the dense model's); "
                      "Bits/param: tensor data bits per parameter, scales and zero points included.")
+    if computed:
+        notes.append(COMPUTE_NOTE + f" Memory: weights + KV cache at batch {computed.get('batch')} x context L "
+                     "tokens (no activations).")
     if board.columns:
         percent = [column.task for column in board.columns if column.percent]
         notes.append("Scores" + (" in %" if percent else "") + ": " + "; ".join(board.notes) + ".")
@@ -146,6 +166,8 @@ def format_cell(column: Column, value) -> str:
         return f"{value * 100:.1f}%"
     if column.style == "bits":
         return f"{value:.2f}"
+    if column.style == "bytes":
+        return human_bytes(value)
     if column.style == "score":
         return f"{value * 100:.2f}" if column.percent else f"{value:.2f}"
     return str(value)
@@ -252,7 +274,8 @@ def to_latex(table: Table, label: str = "tab:pruned-models") -> str:
 LAYER_FIELDS = ("layer_idx", "base_layer_idx", "total", "attention", "mlp", "norm", "shortcut", "other",
                 "num_heads", "effective_heads", "num_kv_heads", "effective_kv_heads", "intermediate_size",
                 "effective_intermediate_size", "is_zero_layer", "nonzero", "sparsity",
-                "base_total", "base_attention", "base_mlp")
+                "base_total", "base_attention", "base_mlp", "prefill_flops", "prefill_attention_projections",
+                "prefill_attention_core", "prefill_mlp", "prefill_shortcut", "base_prefill_flops")
 
 
 def layers_csv(study: Study) -> str:
