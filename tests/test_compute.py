@@ -431,3 +431,32 @@ def io_buffer():
     import io
 
     return io.StringIO()
+
+
+# -- Mixture-of-Experts and latent attention --------------------------------------------------------
+
+MOE_MODELS = ("mixtral", "qwen2_moe", "olmoe", "deepseek_v3")
+
+
+@pytest.mark.parametrize("name", MOE_MODELS)
+def test_moe_and_latent_attention_equal_flop_counter_mode(tmp_path, name):
+    """Experts removed per layer (router rows with them): each token runs top_k routed experts plus the
+    router and any shared experts, as transformers' eager expert loop does; DeepSeek's latent attention
+    expands every cached key through kv_b_proj and caches the compressed latent."""
+    from test_moe import MOE, remove_experts
+
+    build, block, router, _, _ = MOE[name]
+    model = build().eval()
+    moe_layers = [idx for idx, layer in enumerate(model.model.layers) if hasattr(getattr(layer, block), "experts")]
+    remove_experts(model, {moe_layers[0]: [0, 2, 3], moe_layers[-1]: [1, 3]}, block=block, router_name=router)
+    with torch.no_grad():
+        model(torch.zeros((1, 4), dtype=torch.long))  # the pruned model runs
+    # transformers' default experts kernel (grouped_mm) is invisible to FlopCounterMode: count the loop.
+    model.set_experts_implementation("eager")
+    structure = check_model(model, tmp_path)
+    top_k = model.config.num_experts_per_tok
+    assert structure.top_k == top_k
+    assert any("top_k" in note for note in structure.compute.notes)
+    if name == "deepseek_v3":  # the cache holds kv_lora_rank + rope elements per token and layer
+        latent = model.config.kv_lora_rank + model.config.qk_rope_head_dim
+        assert all(layer.kv_cache_bytes_per_token == latent * 4 for layer in structure.compute.layers)

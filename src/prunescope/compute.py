@@ -126,8 +126,8 @@ def compute(structure: ModelStructure, options: ComputeOptions | None = None) ->
     options = options or ComputeOptions()
     kv_dtype = options.kv_dtype or model_float_dtype(structure)
     kv_bits = dtype_bits(kv_dtype)
-    layers = tuple(layer_compute(layer, options, kv_bits) for layer in structure.layers)
-    notes = []
+    layers = tuple(layer_compute(layer, options, kv_bits, structure.top_k) for layer in structure.layers)
+    notes = list(_moe_notes(structure))
     head = lm_head_matmul(structure)
     if head is None:
         notes.append("no LM head weight found: its FLOPs are not counted")
@@ -138,8 +138,6 @@ def compute(structure: ModelStructure, options: ComputeOptions | None = None) ->
     decode = _sum([layer.decode for layer in layers], lm_head=2 * head, other=2 * outside)
     if any(not layer.weight_shapes for layer in structure.layers):
         notes.append("layers without readable projection shapes count 0 FLOPs")
-    # TODO(#9): MoE layers (top_k active experts per token) and MLA (latent KV) once the structure records
-    # experts and latent widths; today an expert's tensors are in the layer's `other` and cost nothing here.
     by_dtype = {dtype: count * DTYPE_SIZES.get(dtype, 0) for dtype, count in structure.dtypes.items()}
     weight_bytes = sum(by_dtype.values())
     at_dtype = _bytes(structure.total_params, DTYPE_BITS[options.weight_dtype]) if options.weight_dtype else None
@@ -160,8 +158,10 @@ def compute(structure: ModelStructure, options: ComputeOptions | None = None) ->
         max_batch=max_batch, context_unbounded=unbounded, notes=tuple(notes))
 
 
-def layer_compute(layer: LayerStructure, options: ComputeOptions, kv_bits: int) -> LayerCompute:
+def layer_compute(layer: LayerStructure, options: ComputeOptions, kv_bits: int, top_k: int | None = None) -> LayerCompute:
     terms = layer_terms(layer.weight_shapes)
+    if layer.mlp.num_experts:
+        terms = (terms[0], terms[1] + moe_macs(layer, top_k)) + terms[2:]
     window = layer.attention_window
     # Prefill runs on an empty cache: every key of the S tokens is scored (the window only masks).
     prefill = layer_flops(terms, options.seq_len, options.seq_len)
@@ -170,10 +170,10 @@ def layer_compute(layer: LayerStructure, options: ComputeOptions, kv_bits: int) 
                         kv_cache_bytes_per_token=_bytes(terms[4], kv_bits), attention_window=window)
 
 
-def layer_terms(shapes: dict) -> tuple[int, int, int, int, int]:
+def layer_terms(shapes: dict) -> tuple[int, int, int, int, int, int]:
     """What a layer's FLOPs and KV cache scale with, from its weight shapes (out, in): MACs per token of
     the attention projections, of the MLP and of SliceGPT's shortcuts; the attention core's MACs per
-    token per key; KV-cache elements per token."""
+    token per key; KV-cache elements per token; MACs per key attended (latent attention's kv_b_proj)."""
     def elements(name):
         shape = shapes.get(name)
         return shape[0] * shape[1] if shape else 0
@@ -182,20 +182,65 @@ def layer_terms(shapes: dict) -> tuple[int, int, int, int, int]:
         shape = shapes.get(name)
         return shape[axis] if shape else 0
 
-    attention = elements("q_proj") + elements("k_proj") + elements("v_proj") + elements("o_proj")
+    attention = elements("q_proj") + elements("k_proj") + elements("v_proj") + elements("o_proj") + sum(
+        out * inp for name, (out, inp) in shapes.items() if name.startswith("mla.") and name != "mla.kv_b_proj")
     # The MLP term: dense gate/up/down. MoE would add top_k experts' (gate, up, down) per token here.
     mlp = elements("gate_proj") + elements("up_proj") + elements("down_proj")
     shortcut = sum(out * inp for name, (out, inp) in shapes.items() if name.endswith("shortcut_Q"))
     # QKᵀ: per key, the query heads x head_dim (the q rows); A·V: the value width the query heads read
     # (the o_proj columns).
-    core = size("q_proj", 0) + size("o_proj", 1)
-    return attention, mlp, shortcut, core, size("k_proj", 0) + size("v_proj", 0)
+    core = size("q_proj", 0) + size("mla.q_b_proj", 0) + size("o_proj", 1)
+    kv = size("k_proj", 0) + size("v_proj", 0)
+    per_key = 0
+    if "mla.kv_a_proj_with_mqa" in shapes:
+        # Latent attention (DeepSeek, as transformers runs it): the cache holds the compressed latent and
+        # the shared rope key (kv_a_proj_with_mqa's rows), and kv_b_proj expands every key attended,
+        # cached ones included, at each step: its MACs go with the keys, not the new tokens.
+        kv = size("mla.kv_a_proj_with_mqa", 0)
+        per_key = elements("mla.kv_b_proj")
+    return attention, mlp, shortcut, core, kv, per_key
+
+
+def moe_macs(layer: LayerStructure, top_k: int | None) -> int:
+    """MACs per token of an MoE layer's MLP: the router scores every routed expert, every shared-expert
+    weight is applied, and each token runs through top_k routed experts (gate, up and down: 3 x the
+    expert's width x the hidden width; 2 x without a gate). Experts of different widths count their mean,
+    which is exact only when tokens spread evenly over them; without top_k no routed expert is counted."""
+    shapes = layer.weight_shapes
+    router = shapes.get("router")
+    shared = sum(out * inp for name, (out, inp) in shapes.items() if name.startswith("shared_experts."))
+    macs = (router[0] * router[1] if router else 0) + shared
+    mlp = layer.mlp
+    widths = mlp.expert_intermediate_size
+    widths = widths if isinstance(widths, list) else [widths] * (mlp.num_experts or 0)
+    hidden = router[1] if router else None
+    if not top_k or not hidden or not widths or None in widths:
+        return macs
+    matrices = 3 if mlp.gate_proj is not None else 2
+    per_expert = [matrices * width * hidden for width in widths]
+    return macs + min(top_k, len(widths)) * sum(per_expert) // len(per_expert)
+
+
+def _moe_notes(structure: ModelStructure):
+    layers = [layer for layer in structure.layers if layer.mlp.num_experts]
+    if not layers:
+        return
+    if not structure.top_k:
+        yield "no top_k (num_experts_per_tok) in the config: routed experts' FLOPs are not counted"
+    else:
+        yield (f"MoE layers: each token runs through top_k = {structure.top_k} routed experts (the router "
+               "and shared experts on every token), as transformers' eager expert loop computes them")
+    uneven = [layer.layer_idx for layer in layers if isinstance(layer.mlp.expert_intermediate_size, list)]
+    if uneven:
+        yield (f"layers {uneven} have experts of different widths: their FLOPs use the mean expert (exact only "
+               "when tokens spread evenly over the experts)")
 
 
 def layer_flops(terms: tuple, tokens: int, keys: int) -> PassFlops:
     """One layer's FLOPs for `tokens` queries attending `keys` keys (FLOPs = 2 x MACs)."""
-    attention, mlp, shortcut, core, _ = terms
-    return PassFlops(2 * tokens * attention, 2 * tokens * keys * core, 2 * tokens * mlp, 2 * tokens * shortcut)
+    attention, mlp, shortcut, core, _, per_key = terms
+    return PassFlops(2 * tokens * attention + 2 * keys * per_key, 2 * tokens * keys * core, 2 * tokens * mlp,
+                     2 * tokens * shortcut)
 
 
 def lm_head_matmul(structure: ModelStructure) -> int | None:

@@ -14,7 +14,7 @@ from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_
                         model_type_from_classes, short_class)
 from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, EMBEDDING_NORM, FINAL_NORM, GATE, GATE_UP,
                              HALVES, LM_HEAD, MLP_PROJECTIONS, MTP, MULTI_QUERY, PER_HEAD, PER_KV_GROUP, POSITIONS, K,
-                             O, Q, Q_NORM, QKV, UP, V, Family, is_weight)
+                             O, Q, Q_NORM, QKV, ROUTER, SHARED_EXPERT, UP, V, Family, is_weight)
 from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
 from .mla import latent_attention
@@ -399,16 +399,28 @@ def _check_router(tensors, experts: int, layer_idx: int, notes: list[str]) -> No
             notes.append(f"layer {layer_idx}: the router scores {tensor.shape[0]} experts, the file holds {experts}")
 def _weight_shapes(weights, rows, tensors, fused_layout: dict) -> dict[str, tuple[int, int]]:
     """(out, in) of each projection's weight by its schema name, a fused weight's parts with their own
-    rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names."""
+    rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names; in MoE layers
+    the router's (`router`) and each shared-expert weight's (`shared_experts.<module>`). Routed experts'
+    sizes are the MLP's `expert_intermediate_size`."""
     stored = dict(weights)
     for fused, description in fused_layout.items():
         if fused in weights:
             stored.update(dict.fromkeys(description.parts, weights[fused]))
     shapes = {role: (rows[role], stored[role][1]) for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS
               if role in stored and len(stored[role]) == 2 and rows.get(role) is not None}
-    for _, tensor, bucket, _, module in tensors:
-        if bucket == "shortcut" and len(tensor.shape) == 2:
+    for rest, tensor, bucket, role, module in tensors:
+        if len(tensor.shape) != 2:
+            continue
+        if bucket == "shortcut":  # SliceGPT's attn_shortcut_Q / mlp_shortcut_Q: no .weight suffix
             shapes[module] = tuple(tensor.shape)
+        elif not is_weight(rest):
+            continue
+        elif role == ROUTER:  # (routed experts, hidden): one score per expert per token
+            shapes[ROUTER] = tuple(tensor.shape)
+        elif bucket == SHARED_EXPERT:  # always active: every token passes every shared weight
+            shapes[f"{SHARED_EXPERT}.{module}"] = tuple(tensor.shape)
+        elif bucket == "mla":  # latent attention: q_a/q_b, kv_a_proj_with_mqa, kv_b
+            shapes[f"mla.{role}"] = tuple(tensor.shape)
     return shapes
 
 
