@@ -594,3 +594,21 @@ def test_sparsity_splits_interleaved_qkv_per_part(tmp_path, variant):
         weight = fused.weight.view(*view, fused.weight.shape[-1])[part]
         assert got[f"{name}_nonzero"] == int((weight != 0).sum()), name
     assert got["effective_heads"] == 3
+
+
+def test_the_registry_index_names_each_table_and_its_model_types():
+    """families.REGISTRY lists each table's model_types so that a config loads only its own table; it
+    must say exactly what the tables themselves declare."""
+    import importlib.resources
+
+    from prunescope import families
+
+    declared = []
+    for module, attribute, model_types in families.REGISTRY:
+        table = getattr(importlib.import_module(f"prunescope.families.{module}"), attribute)
+        assert tuple(table.model_types) == model_types, module
+        declared += model_types
+    assert len(declared) == len(set(declared))
+    tables = {path.stem for path in importlib.resources.files("prunescope.families").iterdir()
+              if path.suffix == ".py" and path.stem not in ("__init__", "base", "windows")}
+    assert tables == {module for module, _, _ in families.REGISTRY}

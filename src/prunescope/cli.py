@@ -15,10 +15,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Exact structure analysis of pruned LLM checkpoints, read from the files: no GPU, "
                     "no model loading, no checkpoint code run.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each parser costs argparse's gettext look-ups (a file search per message): with a command given,
+    # only its own parser is built; `prunescope --help` builds them all.
     for name, (text, add_arguments) in COMMANDS.items():
-        subparser = commands.add_parser(name, help=text, formatter_class=_formatter)
         if command in (None, name):
-            add_arguments(subparser)
+            add_arguments(commands.add_parser(name, help=text, formatter_class=_formatter))
     return parser
 
 

@@ -17,8 +17,6 @@ from ..families.base import (ATTENTION_PROJECTIONS, DOWN, EMBEDDING, EMBEDDING_N
                              O, Q, Q_NORM, QKV, ROUTER, SHARED_EXPERT, UP, V, Family, is_weight)
 from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
-from .mla import latent_attention
-from .moe import active_params, routed_experts
 from .structure import AttentionStructure, LayerStructure, MlpStructure, ModelStructure
 
 # Buffers that state dicts of older transformers versions persisted; they are not parameters.
@@ -146,6 +144,8 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
                                       + outside.final_norm + outside.other + structure.total_layer_params), \
         "buckets must add up"
     if moe_layers:
+        from .moe import active_params
+
         structure = structure.replace(active_params=active_params(structure, structure.top_k, notes),
                                       notes=tuple(notes))
     return _with_mismatches(structure, config, family, len(extra))
@@ -339,7 +339,11 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
             return None
         return rows[projection] // head_dim
 
-    mla = latent_attention(tensors, head_dim, rows.get(Q))
+    mla = None
+    if buckets["mla"]:  # latent attention (DeepSeek); its module loads only for such models
+        from .mla import latent_attention
+
+        mla = latent_attention(tensors, head_dim, rows.get(Q))
     q, k, v, o = (projections.get(role) or 0 for role in ATTENTION_PROJECTIONS)
     num_heads, num_kv_heads = heads(Q), heads(K)
     if mla is not None:  # no single k or v projection; kv_b_proj expands the latent into every head
@@ -358,7 +362,11 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     mlp_type = short_class(classes[f".{family.mlp}"]) or (f"{prefix}MLP" if has_mlp_module
                                                           else short_class(classes[""]) or f"{prefix}DecoderLayer")
     mlp_total = sum(buckets[bucket] for bucket in ("mlp", "router", "experts", "shared_experts", "mlp_other"))
-    experts = routed_experts(tensors, family)
+    experts = None
+    if buckets["experts"]:  # Mixture-of-Experts; its module loads only for such models
+        from .moe import routed_experts
+
+        experts = routed_experts(tensors, family)
     if experts is None:
         mlp = MlpStructure(
             type=mlp_type, total=mlp_total,

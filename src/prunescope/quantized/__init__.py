@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 from ..records import Record
 from ..tensors import DTYPE_SIZES, CheckpointError, TensorIndex, TensorInfo
@@ -241,12 +240,16 @@ class SmallReads:
         if code is None:
             raise CheckpointError(tensor.file, f"{tensor.name}: {tensor.dtype} where integers were expected",
                                   "the file is corrupt or not what its names say")
+        import struct
+
         return list(struct.unpack(f"<{tensor.numel}{code}", self.data(tensor)))
 
     def floats(self, tensor: TensorInfo) -> list[float]:
         if tensor.dtype != "F32":
             raise CheckpointError(tensor.file, f"{tensor.name}: {tensor.dtype} where float32 was expected",
                                   "the file is corrupt or not what its names say")
+        import struct
+
         return list(struct.unpack(f"<{tensor.numel}f", self.data(tensor)))
 
     def __enter__(self):
