@@ -9,7 +9,7 @@ import time
 
 from . import __version__
 from .discover import discover_models
-from .pipeline import COMPARISON_FILE, STRUCTURE_FILE, ModelResult, ScanOptions, analyse_entry, analyse_path
+from .pipeline import COMPARISON_FILE, STRUCTURE_FILE, ModelResult, analyse_entry, analyse_path, scan_options
 from .report import format_table, human, reduction, value_range, write_json
 from .tensors import CheckpointError
 
@@ -20,7 +20,8 @@ SUMMARY_FILE = "models_summary.json"
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
-              out=None, sparsity: bool = False, device: str = "auto") -> int:
+              out=None, sparsity: bool = False, device: str = "auto", executor: str = "local",
+              address: str | None = None) -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
@@ -65,14 +66,12 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
 
     scan = None
     if sparsity:
-        from .scan import choose_device  # numpy (and maybe torch) only when contents are scanned
-
         try:
-            scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
+            scan, where = scan_options(device, executor, address)
         except CheckpointError as error:
             say(f"✗ error: {error.line()}")
             return 1
-        say(f"Content scan (--sparsity) on {scan.device}")
+        say(f"Content scan (--sparsity) on {where}")
     base = None
     base_error = None
     if base_model:

@@ -72,6 +72,11 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where --sparsity counts (auto: CUDA when torch sees one); the structure "
                              "analysis itself needs no device")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="where --sparsity reads and counts: this machine's cores, or the workers of a "
+                             "Ray cluster (pip install 'prunescope[ray]')")
+    parser.add_argument("--address", metavar="auto|HOST:6379|ray://HOST:10001",
+                        help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local instance)")
 
 
 COMMANDS = {
@@ -106,7 +111,7 @@ def _run(argv: list[str]) -> int:
         status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                            merge=args.merge_results, force=args.force, include=args.include,
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
-                           device=args.device)
+                           device=args.device, executor=args.executor, address=args.address)
         if args.report:
             from .paper.command import run_report
 
@@ -117,7 +122,8 @@ def _run(argv: list[str]) -> int:
 
         return report_from_args(args)
     if args.command == "inspect":
-        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device)
+        return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device, args.executor,
+                             args.address)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -127,18 +133,14 @@ def _run(argv: list[str]) -> int:
 
 
 def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bool = False,
-                  device: str = "auto") -> int:
+                  device: str = "auto", executor: str = "local", address: str | None = None) -> int:
     from .compare import compare
-    from .pipeline import ScanOptions, analyse_path
+    from .pipeline import analyse_path, scan_options
     from .report import structure_summary, structure_to_dict
     from .tensors import CheckpointError
 
     try:
-        scan = None
-        if sparsity:
-            from .scan import choose_device
-
-            scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
+        scan = scan_options(device, executor, address)[0] if sparsity else None
         base = analyse_path(base_model, scan=scan) if base_model else None
         analysis = analyse_path(path, base.config if base else None, scan)
     except CheckpointError as error:

@@ -4,12 +4,15 @@ Per tensor: nonzero values (a float is zero when its bits without the sign are z
 zero, in every float dtype), N:M compliance (2:4 and 4:8: at least N zeros in every group of M
 consecutive input weights of a row), and for matrices which output rows and input columns are
 entirely zero. Bytes are streamed through short-lived memory maps, a bounded chunk at a time, on all
-cores (numpy releases the GIL); memory stays within chunk size x workers whatever the model's size.
+cores (the counting releases the GIL); memory stays within chunk size x workers whatever the model's
+size. Each chunk is counted in one compiled pass (scan_kernel, numba) where numba is installed and
+the scan is big enough to repay compiling it, else with numpy: the same numbers either way.
 With --device cuda the same counts run on the GPU (torch), reading overlapped with counting.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from .tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
 from .records import Record
 
-CHUNK_BYTES = 4 << 20  # small enough to stay in cache while a chunk's several passes run
+CHUNK_BYTES = 4 << 20  # small enough to stay in cache while numpy's several passes run over a chunk
+# Below this many bytes a model is counted with numpy: importing numba and loading (or, the first time
+# on a machine, compiling) the kernel costs more than it saves (0.2 s cached, about 1 s compiling,
+# against a saving of about 0.07 s per GB).
+KERNEL_MIN_BYTES = 1 << 30
 UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 PATTERNS = ((2, 4), (4, 8))  # N:M patterns checked: at least N zeros in every M consecutive inputs
 
@@ -66,26 +73,48 @@ def choose_device(requested: str) -> str:
 def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | None = None,
                  progress=None, engine: str | None = None, per_row_groups=frozenset()) -> dict[str, TensorContents]:
     """Contents of every tensor, keyed by name. `progress(bytes)` is called as bytes are counted.
-    The engine is numpy on the CPU and torch on CUDA devices; tests run the torch engine on the CPU.
-    Tensors named in `per_row_groups` get their N:M groups counted per row (fused projections, which
-    are split into parts by rows afterwards)."""
-    jobs = [job + (tensor.name in per_row_groups,) for tensor in tensors for job in _chunks(tensor)]
-    counters = {tensor.name: _Counter(tensor) for tensor in tensors}
-    if (engine or ("numpy" if device == "cpu" else "torch")) == "torch":
+    The engine is torch on CUDA devices; on the CPU "numba" (the compiled kernel) or "numpy", chosen by
+    the scan's size when not given (tests run the torch engine on the CPU too). Tensors named in
+    `per_row_groups` get their N:M groups counted per row (fused projections, which are split into
+    parts by rows afterwards)."""
+    jobs = plan_chunks(tensors, per_row_groups)
+    counters = {tensor.name: TensorCounter(tensor) for tensor in tensors}
+    engine = engine or choose_engine(device, sum(tensor.numel * tensor.itemsize for tensor in tensors))
+    if engine == "torch":
         from .scan_torch import count_chunks_torch
 
-        for tensor, start_row, rows, result in count_chunks_torch(jobs, _chunk_layout, device):
+        results = count_chunks_torch(jobs, chunk_layout, device)
+    else:
+        kernel = compiled_kernel() if engine == "numba" else None
+        pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+        results = pool.map(functools.partial(count_chunk, kernel=kernel), jobs)
+    try:
+        for tensor, start_row, rows, result in results:
             counters[tensor.name].add(start_row, rows, result)
             if progress:
-                progress(rows * _row_bytes(tensor))
-    else:
-        workers = workers or os.cpu_count() or 1
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for tensor, start_row, rows, result in pool.map(_count_job, jobs):
-                counters[tensor.name].add(start_row, rows, result)
-                if progress:
-                    progress(rows * _row_bytes(tensor))
+                progress(rows * row_bytes(tensor))
+    finally:
+        if engine != "torch":
+            pool.shutdown(cancel_futures=True)
     return {name: counter.freeze() for name, counter in counters.items()}
+
+
+def choose_engine(device: str, scan_bytes: int) -> str:
+    """"torch" off the CPU; else "numba" for scans big enough to repay it, where numba imports."""
+    if device != "cpu":
+        return "torch"
+    return "numba" if scan_bytes >= KERNEL_MIN_BYTES and compiled_kernel() is not None else "numpy"
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_kernel():
+    """scan_kernel.Kernel, made once per process (numba's compiled code is per process anyway);
+    None where numba is not installed or cannot be imported on this Python."""
+    try:
+        from .scan_kernel import Kernel
+    except ImportError:
+        return None
+    return Kernel()
 
 
 # -- chunking --------------------------------------------------------------------------------
@@ -101,8 +130,13 @@ def _rows_and_width(tensor: TensorInfo) -> tuple[int, int]:
     return (tensor.numel // width if width else 0), width
 
 
-def _row_bytes(tensor: TensorInfo) -> int:
+def row_bytes(tensor: TensorInfo) -> int:
     return _rows_and_width(tensor)[1] * tensor.itemsize
+
+
+def plan_chunks(tensors: list[TensorInfo], per_row_groups=frozenset()) -> list[tuple]:
+    """Every tensor cut into chunks of whole rows: (tensor, start row, rows, groups per row?)."""
+    return [job + (tensor.name in per_row_groups,) for tensor in tensors for job in _chunks(tensor)]
 
 
 def _chunks(tensor: TensorInfo):
@@ -115,7 +149,7 @@ def _chunks(tensor: TensorInfo):
     return [(tensor, start, min(step, rows - start)) for start in range(0, rows, step)]
 
 
-def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
+def chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
     """(file offset to map from, byte length, element offset inside the map, element strides)."""
     _, width = _rows_and_width(tensor)
     item = tensor.itemsize
@@ -135,11 +169,12 @@ def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
     return first, span, (row_stride, column_stride)
 
 
-def _count_job(job):
+def count_chunk(job, kernel=None):
+    """(tensor, start row, rows, count_block's result) for one planned chunk."""
     tensor, start_row, rows, per_row_groups = job
     import numpy as np
 
-    first, span, (row_stride, column_stride) = _chunk_layout(tensor, start_row, rows)
+    first, span, (row_stride, column_stride) = chunk_layout(tensor, start_row, rows)
     aligned = first - first % mmap.ALLOCATIONGRANULARITY
     try:
         with open(tensor.file, "rb") as handle:
@@ -151,16 +186,26 @@ def _count_job(job):
         _, width = _rows_and_width(tensor)
         values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first - aligned,
                             strides=(row_stride * item, column_stride * item))
-        result = count_block(values, tensor.dtype in FLOAT_DTYPES, per_row_groups)
+        result = count_block(values, tensor.dtype in FLOAT_DTYPES, per_row_groups, kernel)
         del values
     finally:
         mapped.close()  # unmapping keeps resident memory bounded by the chunks in flight
     return tensor, start_row, rows, result
 
 
-def count_block(values, signed_float: bool, per_row_groups: bool = False):
+def count_block(values, signed_float: bool, per_row_groups: bool = False, kernel=None):
     """(nonzero, {pattern: compliant groups}, row nonzero counts, column any-nonzero) of a rows x width
-    block; with `per_row_groups`, the compliant groups come per row (a numpy array), which costs more."""
+    block; with `per_row_groups`, the compliant groups come per row (a numpy array). With `kernel`
+    (compiled_kernel()), counted in its one pass where the block's layout allows, else with numpy."""
+    if kernel is not None:
+        result = kernel.count(values, signed_float, per_row_groups)
+        if result is not None:
+            return result
+    return _count_block_numpy(values, signed_float, per_row_groups)
+
+
+def _count_block_numpy(values, signed_float: bool, per_row_groups: bool):
+    """count_block in numpy: about eight passes over the block, each allocating (numpy < 2 too)."""
     import numpy as np
 
     if signed_float:
@@ -218,7 +263,7 @@ def _compliant(breaking_masks, groups_per_row: int, rows: int, per_row: bool):
     return rows * groups_per_row - sum(int(np.count_nonzero(mask)) for mask in breaking_masks)
 
 
-class _Counter:
+class TensorCounter:
     """Accumulates one tensor's chunk results (chunks arrive in any order)."""
 
     def __init__(self, tensor: TensorInfo):
