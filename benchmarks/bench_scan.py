@@ -12,6 +12,10 @@ excluded), several times (a. and b. in the same process, alternating, so that th
   c. wanda       - `safetensors.torch.load_file` of the shards, then `(W == 0).sum()` per linear weight
                    (the way Wanda's `check_sparsity` counts)
   d. cli         - the whole `prunescope inspect <dir> --sparsity --device cpu`, wall time (imports included)
+  e. ray         - `scan_tensors_ray` (--executor ray) on a local Ray cluster with as many CPUs as cores:
+                   units of a whole shard each here (files under 2 GiB), counted by Ray workers; timed
+                   after a first scan that starts the workers. Also the cost of one unit that reads
+                   nothing worth counting (a norm vector): the overhead per unit. Skipped without Ray.
 
 and reports GB/s (bytes of tensor data / seconds) and peak RSS, checks the target
 "scan >= 80% of the plain read's throughput", and checks that the scan's per-tensor nonzero counts
@@ -172,6 +176,14 @@ from prunescope.scan import scan_tensors
 repeat, workers, with_plain, index, files = int(sys.argv[1]), int(sys.argv[2]) or None, sys.argv[3] == "1", \
     sys.argv[4], sys.argv[5:]
 tensors = list(read_tensor_index([index]).tensors)
+# The compiled kernel's one-time cost, outside the timed runs: importing numba, then loading the kernel
+# from numba's cache (or compiling it, the first time on a machine) at its first call.
+start = time.perf_counter()
+from prunescope.scan import compiled_kernel
+kernel = compiled_kernel()
+if kernel is not None:
+    kernel.count(numpy.zeros((1, 64), dtype=numpy.uint16), True)
+first_call = time.perf_counter() - start if kernel is not None else None
 # a. the floor: one thread, sequential reads of every shard into one reused 16 MB buffer. It runs here,
 # alternating with the scan, so that both see the same machine: load from elsewhere skews both alike.
 view = memoryview(bytearray(16 << 20))
@@ -189,7 +201,8 @@ def cpu():
     return usage.ru_utime + usage.ru_stime
 
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-result = {"rss_mb": rss, "plain": {"times": [], "cpu": []}, "scan": {"times": [], "cpu": []}}
+result = {"rss_mb": rss, "plain": {"times": [], "cpu": []}, "scan": {"times": [], "cpu": []},
+          "kernel_first_call_s": first_call}
 for _ in range(repeat):
     for key in ("plain", "scan") if with_plain else ("scan",):
         start, start_cpu = time.perf_counter(), cpu()
@@ -202,6 +215,37 @@ for _ in range(repeat):
 result["nonzero"] = {name: c.nonzero for name, c in contents.items()}
 result["nm24"] = {name: c.nm_groups["2:4"] for name, c in contents.items() if "2:4" in c.nm_groups}
 print(json.dumps(result))
+'''
+
+RAY_SCRIPT = '''
+import json, logging, os, statistics, sys, time
+import numpy, ray
+from prunescope.readers import read_tensor_index
+from prunescope.scan_ray import job_runtime_env, scan_tensors_ray
+from prunescope.scan_units import plan_units
+repeat, index = int(sys.argv[1]), sys.argv[2]
+tensors = list(read_tensor_index([index]).tensors)
+# a local cluster as `--executor ray` starts it (scan_ray.connect), with one CPU per core
+ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env(),
+         logging_level=logging.WARNING)
+scan_tensors_ray(tensors)  # not timed: starts the workers, which import numba and load the kernel
+times = []
+for _ in range(repeat):
+    start = time.perf_counter()
+    contents = scan_tensors_ray(tensors)
+    times.append(time.perf_counter() - start)
+# the overhead of one unit: plan, probe task, unit task, merge, for a 4 KB norm vector
+vector = [t for t in tensors if len(t.shape) == 1][:1]
+small = []
+for _ in range(20):
+    start = time.perf_counter()
+    scan_tensors_ray(vector)
+    small.append(time.perf_counter() - start)
+ray.shutdown()
+# the workers' CPU is not this process's: "cpu" is left out
+print(json.dumps({"ray": {"times": times, "cpu": None}, "rss_mb": None, "units": len(plan_units(tensors)),
+                  "unit_overhead_s": statistics.median(small),
+                  "nonzero": {name: c.nonzero for name, c in contents.items()}}))
 '''
 
 WANDA_SCRIPT = '''
@@ -312,7 +356,8 @@ def run(args, root):
     os.makedirs(scripts)
     common.write_runner(root)
     for name, text in [("scan.py", SCAN_SCRIPT),
-                       ("wanda.py", WANDA_SCRIPT)]:
+                       ("wanda.py", WANDA_SCRIPT),
+                       ("ray_scan.py", RAY_SCRIPT)]:
         with open(os.path.join(scripts, name), "w") as f:
             f.write(text)
     py = sys.executable
@@ -338,7 +383,8 @@ def run(args, root):
 
     def record(key, peak, result, part):
         m[key] = {"times": result[part]["times"], "cpu": result[part]["cpu"], "peak": peak,
-                  "delta": None if peak is None else peak - result["rss_mb"], "out": result}
+                  "delta": None if peak is None or result["rss_mb"] is None else peak - result["rss_mb"],
+                  "out": result}
         print(f"  {key:<8} runs: {', '.join(f'{t:.3f}' for t in m[key]['times'])} s")
 
     # a. and b.: the plain read and the scan on all cores (workers=None), alternating in one process
@@ -359,6 +405,12 @@ def run(args, root):
     m["cli"] = {"times": [r[0] for r in runs], "cpu": [r[1] for r in runs], "peak": max(r[2] for r in runs),
                 "delta": None}
     print(f"  {'cli':<8} runs: {', '.join(f'{r[0]:.3f}' for r in runs)} s")
+    # e. the Ray executor on a local cluster (its workers' memory is not the driver's: no RSS shown)
+    if importlib.util.find_spec("ray") is not None:
+        _, result = child("ray_scan.py", [str(slow_repeat), index])
+        record("ray", None, result, "ray")
+    else:
+        print("  (ray is not installed: no Ray row; pip install 'prunescope[ray]')")
 
     # correctness in passing: the scan's counts against torch's
     print()
@@ -381,6 +433,9 @@ def run(args, root):
         (f"`prunescope inspect --sparsity` printed the same nonzero count ({torch_total:,})",
          f"{torch_total:,}" in cli_out or str(torch_total) in cli_out),
     ]
+    if "ray" in m:
+        checks.append(("the Ray executor's per-tensor counts equal torch's too",
+                       m["ray"]["out"]["nonzero"] == wanda["nonzero"]))
     for what, ok in checks:
         print(f"  {'ok ' if ok else 'BAD'}  {what}")
     print(f"  (Wanda's check_sparsity over the linear weights: {wanda['linear_sparsity']:.4f})")
@@ -389,14 +444,15 @@ def run(args, root):
     print()
     names = {"plain": "a. plain read, 1 thread (floor)", "scan": f"b. prunescope scan, {os.cpu_count()} workers",
              "scan-1": "   prunescope scan, 1 worker", "wanda": "c. wanda: load_file + (W==0).sum()",
-             "cli": "d. prunescope inspect --sparsity (CLI)"}
+             "cli": "d. prunescope inspect --sparsity (CLI)",
+             "ray": f"e. --executor ray, local cluster, {os.cpu_count()} CPUs"}
     rows = [("measurement", "median s", "GB/s", "best GB/s", "CPU/wall", "peak RSS MB", "RSS delta MB")]
     for key, r in m.items():
         med, best = statistics.median(r["times"]), min(r["times"])
         r["gbps"] = data_bytes / med / 1e9
         # CPU/wall: the cores a run really kept busy (2 workers that show ~1.0 here did not get 2 cores)
-        busy = statistics.median(c / t for c, t in zip(r["cpu"], r["times"]))
-        rows.append((names[key], f"{med:.3f}", f"{r['gbps']:.2f}", f"{data_bytes / best / 1e9:.2f}", f"{busy:.2f}",
+        busy = "-" if r["cpu"] is None else f"{statistics.median(c / t for c, t in zip(r['cpu'], r['times'])):.2f}"
+        rows.append((names[key], f"{med:.3f}", f"{r['gbps']:.2f}", f"{data_bytes / best / 1e9:.2f}", busy,
                      "-" if r["peak"] is None else f"{r['peak']:.0f}", "-" if r["delta"] is None else f"{r['delta']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
@@ -411,6 +467,14 @@ def run(args, root):
           f"(round by round: {', '.join(f'{x:.2f}' for x in rounds)})")
     print(f"  scan {os.cpu_count()} workers / 1 worker  {m['scan']['gbps'] / m['scan-1']['gbps']:6.2f}x")
     print(f"  scan / wanda               {m['scan']['gbps'] / m['wanda']['gbps']:6.2f}x")
+    first_call = m["scan"]["out"]["kernel_first_call_s"]
+    if first_call is not None:
+        print(f"  compiled kernel's one-time cost per process: {first_call:.2f} s (import numba, load from numba's "
+              "cache or compile; not in the timed runs, in the CLI's)")
+    if "ray" in m:
+        out = m["ray"]["out"]
+        print(f"  ray / local scan           {m['ray']['gbps'] / m['scan']['gbps']:6.2f}x  ({out['units']} units; "
+              f"one unit's overhead {out['unit_overhead_s'] * 1000:.0f} ms: plan, probe task, unit task, merge)")
 
     print()
     ok = ratio >= TARGET

@@ -16,6 +16,7 @@ from .tensors import CheckpointError
 RULE = "=" * 80
 BATCH_FILE = "batch_analysis_results.json"
 SUMMARY_FILE = "models_summary.json"
+MODELS_IN_FLIGHT = 4  # with --executor ray: 4 x 16 units of 8B models keep a 64-CPU cluster busy
 
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
@@ -88,8 +89,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
 
     results: list[ModelResult] = []
     progress = _progress(len(entries))
-    for number, entry in enumerate(entries, 1):
-        result = analyse_entry(entry, output_dir, base, force, scan)
+    for number, result in enumerate(_analysed(entries, output_dir, base, force, scan), 1):
         results.append(result)
         line = _status_line(number, len(entries), result)
         if progress is not None:
@@ -133,6 +133,22 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     say(_next_steps(models_dir, output_dir, merge, results))
     failed = any(result.status == "error" for result in results) or base_error is not None
     return 1 if failed else 0
+
+
+def _analysed(entries, output_dir: str, base, force: bool, scan):
+    """Each entry's ModelResult, in order. Locally one model at a time: its scan has every core. With
+    --executor ray, MODELS_IN_FLIGHT models at once, so that the cluster has the units of several
+    models to run: one 8B model is 16 units, and its slowest unit would leave the rest idle."""
+    def analyse(entry):
+        return analyse_entry(entry, output_dir, base, force, scan)
+
+    if scan is None or scan.executor != "ray":
+        yield from map(analyse, entries)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=MODELS_IN_FLIGHT) as pool:
+        yield from pool.map(analyse, entries)
 
 
 OUTPUT_NAMES = (BATCH_FILE, SUMMARY_FILE, "tables", "plots", "report.html")
