@@ -10,7 +10,7 @@ ray = pytest.importorskip("ray")
 
 from prunescope import scan  # noqa: E402
 from prunescope.batch import run_batch  # noqa: E402
-from prunescope.scan_ray import CRASH_ONCE_ENV, job_runtime_env, scan_tensors_ray  # noqa: E402
+from prunescope.scan_ray import CRASH_ONCE_ENV, RETRIES, job_runtime_env, scan_tensors_ray  # noqa: E402
 from prunescope.tensors import CheckpointError  # noqa: E402
 from test_scan_units import SMALL_CHUNK, SMALL_UNIT, assert_same_contents, fused_names, pruned_checkpoint  # noqa: E402
 
@@ -61,6 +61,17 @@ def test_a_worker_killed_mid_run_is_retried(cluster, checkpoint, tmp_path, monke
     contents = scan_tensors_ray(tensors, fused_names(tensors), None, "m", unit_bytes=SMALL_UNIT)
     assert marker.exists()  # a unit's worker really exited (os._exit) before the retry
     assert_same_contents(contents, local)
+
+
+def test_a_unit_that_fails_every_try_makes_its_model_an_error(cluster, checkpoint, tmp_path, monkeypatch):
+    _, tensors, _ = checkpoint
+    # the test switch's marker in a folder that does not exist: every try of every unit meets an OSError
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(tmp_path / "missing" / "marker"))
+    with pytest.raises(CheckpointError) as raised:
+        scan_tensors_ray(tensors)
+    assert raised.value.path in {tensor.file for tensor in tensors}
+    assert f"could not be scanned in {RETRIES + 1} tries" in raised.value.line()
+    assert "No such file or directory" in raised.value.line()
 
 
 def test_files_the_workers_cannot_read_fail_fast(cluster, checkpoint):

@@ -83,20 +83,19 @@ def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | 
     if engine == "torch":
         from .scan_torch import count_chunks_torch
 
-        results = count_chunks_torch(jobs, chunk_layout, device)
+        _add_results(counters, count_chunks_torch(jobs, chunk_layout, device), progress)
     else:
         kernel = compiled_kernel() if engine == "numba" else None
-        pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
-        results = pool.map(functools.partial(count_chunk, kernel=kernel), jobs)
-    try:
-        for tensor, start_row, rows, result in results:
-            counters[tensor.name].add(start_row, rows, result)
-            if progress:
-                progress(rows * row_bytes(tensor))
-    finally:
-        if engine != "torch":
-            pool.shutdown(cancel_futures=True)
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            _add_results(counters, pool.map(functools.partial(count_chunk, kernel=kernel), jobs), progress)
     return {name: counter.freeze() for name, counter in counters.items()}
+
+
+def _add_results(counters: dict, results, progress) -> None:
+    for tensor, start_row, rows, result in results:
+        counters[tensor.name].add(start_row, rows, result)
+        if progress:
+            progress(rows * row_bytes(tensor))
 
 
 def choose_engine(device: str, scan_bytes: int) -> str:

@@ -22,7 +22,8 @@ from .tensors import CheckpointError, TensorInfo
 
 RETRIES = 3
 INSTALL_HINT = "pip install 'prunescope[ray]'"
-# For tests: a unit that finds this file missing creates it and kills its own worker (os._exit), once.
+# For tests: a unit that finds this file missing creates it and kills its own worker (os._exit), once
+# (a file in a folder that does not exist cannot be created: every try of every unit meets an OSError).
 CRASH_ONCE_ENV = "PRUNESCOPE_RAY_TEST_CRASH_ONCE"
 
 
@@ -104,19 +105,28 @@ def _outcome(ref, unit):
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as error:  # retries spent: a worker kept dying, or kept failing to read
-        cause = getattr(error, "cause", None) or error
-        reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         return UnitError(unit.file, f"bytes {unit.start}-{unit.end} could not be scanned in {RETRIES + 1} "
-                                    f"tries: {reason}", "see the Ray logs of the workers (ray logs)")
+                                    f"tries: {_reason(error)}", "see the workers' logs (ray logs)")
+
+
+def _reason(error: Exception) -> str:
+    """The last line of what a task raised (Ray's errors carry the worker's whole traceback)."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return lines[-1] if lines else type(cause).__name__
 
 
 def _probe(paths: list[str], options: dict) -> None:
     """One task reads a byte of every file of the model where the units will run."""
     import ray
 
-    node, unreadable, reason = ray.get(_remote(unreadable_path).options(**options).remote(paths))
+    try:
+        node, unreadable, why = ray.get(_remote(unreadable_path).options(**options).remote(paths))
+    except ray.exceptions.RayError as error:
+        raise CheckpointError(paths[0], f"the task checking that workers can read the files failed: "
+                                        f"{_reason(error)}", "see the workers' logs (ray logs)") from None
     if unreadable is not None:
-        raise CheckpointError(unreadable, f"worker on {node} cannot read {unreadable} ({reason})",
+        raise CheckpointError(unreadable, f"worker on {node} cannot read {unreadable} ({why})",
                               "the workers must see the checkpoints at the same paths: mount the same "
                               "storage on every Ray node")
 
