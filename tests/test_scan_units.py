@@ -1,6 +1,7 @@
 """The content scan cut into units (scan_units: what --executor ray runs), counted here on threads:
 merged in any completion order, the numbers are the local scan's, bit for bit, and torch's."""
 
+import importlib.util
 import random
 import subprocess
 import sys
@@ -130,8 +131,19 @@ def test_local_scan_imports_neither_ray_nor_numba_for_small_models(tmp_path):
     assert f"{total:,}" in run.stdout or str(total) in run.stdout
 
 
-def test_numba_loads_for_big_scans_only():
-    assert scan.choose_engine("cpu", scan.KERNEL_MIN_BYTES - 1) == "numpy"
-    expected = "numba" if scan.compiled_kernel() is not None else "numpy"
-    assert scan.choose_engine("cpu", scan.KERNEL_MIN_BYTES) == expected
-    assert scan.choose_engine("cuda", 1) == "torch"
+def test_numba_loads_for_big_scans_then_counts_everything(monkeypatch):
+    scan.compiled_kernel.cache_clear()
+    try:
+        assert scan.choose_engine("cpu", scan.KERNEL_MIN_BYTES - 1) == "numpy"
+        assert scan.compiled_kernel.cache_info().currsize == 0  # numba not even imported for it
+        expected = "numba" if importlib.util.find_spec("numba") else "numpy"
+        assert scan.choose_engine("cpu", scan.KERNEL_MIN_BYTES) == expected
+        assert scan.choose_engine("cpu", 1) == expected  # loaded: no cost left to repay
+        assert scan.choose_engine("cuda", 1) == "torch"
+        # A Python without numba (no wheels yet) counts big scans with numpy.
+        monkeypatch.setitem(sys.modules, "numba", None)
+        monkeypatch.delitem(sys.modules, "prunescope.scan_kernel", raising=False)
+        scan.compiled_kernel.cache_clear()
+        assert scan.choose_engine("cpu", scan.KERNEL_MIN_BYTES) == "numpy"
+    finally:
+        scan.compiled_kernel.cache_clear()

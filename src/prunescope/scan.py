@@ -6,7 +6,7 @@ consecutive input weights of a row), and for matrices which output rows and inpu
 entirely zero. Bytes are streamed through short-lived memory maps, a bounded chunk at a time, on all
 cores (the counting releases the GIL); memory stays within chunk size x workers whatever the model's
 size. Each chunk is counted in one compiled pass (scan_kernel, numba) where numba is installed and
-the scan is big enough to repay compiling it, else with numpy: the same numbers either way.
+the scan is big enough to repay loading it, else with numpy: the same numbers either way.
 With --device cuda the same counts run on the GPU (torch), reading overlapped with counting.
 """
 
@@ -21,10 +21,11 @@ from .tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
 from .records import Record
 
 CHUNK_BYTES = 4 << 20  # small enough to stay in cache while numpy's several passes run over a chunk
-# Below this many bytes a model is counted with numpy: importing numba and loading (or, the first time
-# on a machine, compiling) the kernel costs more than it saves (0.2 s cached, about 1 s compiling,
-# against a saving of about 0.07 s per GB).
-KERNEL_MIN_BYTES = 1 << 30
+# The compiled kernel is loaded for a model of this many bytes: importing numba and loading the kernel
+# from numba's cache costs 0.35 s (1-2 s compiling it, the first time on a machine, or with numba's
+# files out of the page cache), and it saves 0.05-0.09 s per GB on 2 cores (benchmarks/bench_scan.py).
+# Once loaded it counts every model that follows in the process.
+KERNEL_MIN_BYTES = 4 << 30
 UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 PATTERNS = ((2, 4), (4, 8))  # N:M patterns checked: at least N zeros in every M consecutive inputs
 
@@ -99,10 +100,13 @@ def _add_results(counters: dict, results, progress) -> None:
 
 
 def choose_engine(device: str, scan_bytes: int) -> str:
-    """"torch" off the CPU; else "numba" for scans big enough to repay it, where numba imports."""
+    """"torch" off the CPU; else "numba" where numba imports, for a scan big enough to repay loading
+    the kernel or once it is loaded; else "numpy" (the same numbers)."""
     if device != "cpu":
         return "torch"
-    return "numba" if scan_bytes >= KERNEL_MIN_BYTES and compiled_kernel() is not None else "numpy"
+    if scan_bytes < KERNEL_MIN_BYTES and not compiled_kernel.cache_info().currsize:
+        return "numpy"
+    return "numpy" if compiled_kernel() is None else "numba"
 
 
 @functools.lru_cache(maxsize=1)

@@ -107,6 +107,8 @@ class Kernel:
             return None
         word = np.dtype(f"uint{8 * word_bytes}")
         words = values.view(word)  # the same bytes; rows keep their stride
+        # read-only, as memory-mapped chunks are: one compiled loop serves tests, benchmarks and scans
+        words.flags.writeable = False
         lane_bits, lanes = 8 * item, word_bytes // item
         repeated = lambda lane: word.type(sum(lane << (lane_bits * k) for k in range(lanes)))  # noqa: E731
         high = repeated(1 << (lane_bits - 1))
