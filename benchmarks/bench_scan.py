@@ -238,9 +238,13 @@ from prunescope.scan_units import plan_units
 repeat, index = int(sys.argv[1]), sys.argv[2]
 tensors = list(read_tensor_index([index]).tensors)
 # a local cluster as `--executor ray` starts it (scan_ray.connect), with one CPU per core
+start = time.perf_counter()
 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env(),
          logging_level=logging.WARNING)
-scan_tensors_ray(tensors)  # not timed: starts the workers, which import numba and load the kernel
+started = time.perf_counter() - start
+start = time.perf_counter()
+scan_tensors_ray(tensors)  # not in the timed runs: starts the workers, which import numba and load the kernel
+first_scan = time.perf_counter() - start
 times = []
 for _ in range(repeat):
     start = time.perf_counter()
@@ -256,7 +260,7 @@ for _ in range(20):
 ray.shutdown()
 # the workers' CPU is not this process's: "cpu" is left out
 print(json.dumps({"ray": {"times": times, "cpu": None}, "rss_mb": None, "units": len(plan_units(tensors)),
-                  "unit_overhead_s": statistics.median(small),
+                  "unit_overhead_s": statistics.median(small), "start_s": started, "first_scan_s": first_scan,
                   "nonzero": {name: c.nonzero for name, c in contents.items()}}))
 '''
 
@@ -499,6 +503,8 @@ def run(args, root):
         out = m["ray"]["out"]
         print(f"  ray / local scan           {m['ray']['gbps'] / m['scan']['gbps']:6.2f}x  ({out['units']} units; "
               f"one unit's overhead {out['unit_overhead_s'] * 1000:.0f} ms: plan, probe task, unit task, merge)")
+        print(f"  ray's one-time costs: {out['start_s']:.1f} s to start the local instance, then {out['first_scan_s']:.1f} s "
+              f"for the first scan (workers started, numba loaded), not in the timed runs")
 
     print()
     ok = ratio >= TARGET

@@ -3,15 +3,16 @@
 Per tensor: nonzero values (a float is zero when its bits without the sign are zero, so -0.0 is
 zero, in every float dtype), N:M compliance (2:4 and 4:8: at least N zeros in every group of M
 consecutive input weights of a row), and for matrices which output rows and input columns are
-entirely zero. Bytes are streamed through short-lived memory maps, a bounded chunk at a time, on all
-cores (the counting releases the GIL); memory stays within chunk size x workers whatever the model's
-size. Each chunk is counted in one compiled pass (scan_kernel, numba) where numba is installed and
+entirely zero. Bytes are read through a memory map of each file, a bounded chunk at a time, on all
+cores (the counting releases the GIL), each chunk's pages unmapped once counted: memory stays within
+chunk size x workers whatever the model's size. Each chunk is counted in one compiled pass (scan_kernel, numba) where numba is installed and
 the scan is big enough to repay loading it, else with numpy: the same numbers either way.
 With --device cuda the same counts run on the GPU (torch), reading overlapped with counting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -87,8 +88,8 @@ def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | 
         _add_results(counters, count_chunks_torch(jobs, chunk_layout, device), progress)
     else:
         kernel = compiled_kernel() if engine == "numba" else None
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            _add_results(counters, pool.map(functools.partial(count_chunk, kernel=kernel), jobs), progress)
+        with mapped_files(jobs) as maps, ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            _add_results(counters, pool.map(functools.partial(count_chunk, maps=maps, kernel=kernel), jobs), progress)
     return {name: counter.freeze() for name, counter in counters.items()}
 
 
@@ -172,27 +173,49 @@ def chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
     return first, span, (row_stride, column_stride)
 
 
-def count_chunk(job, kernel=None):
-    """(tensor, start row, rows, count_block's result) for one planned chunk."""
+@contextlib.contextmanager
+def mapped_files(jobs):
+    """Read-only maps of the whole files that `jobs` (plan_chunks) lie in, for the length of a scan.
+    One map per file, not per chunk: every map and unmap takes the process's address-space lock, which
+    the counting threads' page faults wait on (about a tenth of the scan's time on 2 cores)."""
+    maps: dict[str, mmap.mmap] = {}
+    try:
+        for tensor, *_ in jobs:
+            if tensor.file not in maps:
+                try:
+                    with open(tensor.file, "rb") as handle:
+                        maps[tensor.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError) as error:  # ValueError: an empty file
+                    raise CheckpointError(tensor.file, f"cannot read: {error}", "is the file truncated?") from None
+        yield maps
+    finally:
+        for mapped in maps.values():
+            mapped.close()
+
+
+def count_chunk(job, maps: dict, kernel=None):
+    """(tensor, start row, rows, count_block's result) for one planned chunk, read from `maps`
+    (mapped_files). Its pages leave the process once counted: resident memory stays bounded by the
+    chunks in flight, whatever the model's size."""
     tensor, start_row, rows, per_row_groups = job
     import numpy as np
 
+    mapped = maps[tensor.file]
     first, span, (row_stride, column_stride) = chunk_layout(tensor, start_row, rows)
-    aligned = first - first % mmap.ALLOCATIONGRANULARITY
+    if first + span > len(mapped):
+        raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
+                              "re-save or re-download it")
+    item = tensor.itemsize
+    _, width = _rows_and_width(tensor)
+    values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first,
+                        strides=(row_stride * item, column_stride * item))
     try:
-        with open(tensor.file, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), first - aligned + span, access=mmap.ACCESS_READ, offset=aligned)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(tensor.file, f"cannot read {tensor.name}: {error}", "is the file truncated?") from None
-    try:
-        item = tensor.itemsize
-        _, width = _rows_and_width(tensor)
-        values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first - aligned,
-                            strides=(row_stride * item, column_stride * item))
         result = count_block(values, tensor.dtype in FLOAT_DTYPES, per_row_groups, kernel)
-        del values
     finally:
-        mapped.close()  # unmapping keeps resident memory bounded by the chunks in flight
+        del values  # the map can only close once no array looks into it
+    if hasattr(mapped, "madvise"):  # not on Windows, where the pages stay mapped until the scan ends
+        page_start = first - first % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, page_start, first + span - page_start)
     return tensor, start_row, rows, result
 
 

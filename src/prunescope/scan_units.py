@@ -15,7 +15,7 @@ and the row counts land in their own rows, so the result is the local scan's, bi
 from __future__ import annotations
 
 from .records import Record
-from .scan import TensorCounter, chunk_layout, count_chunk, plan_chunks, row_bytes
+from .scan import TensorCounter, chunk_layout, count_chunk, mapped_files, plan_chunks, row_bytes
 from .tensors import TensorInfo
 
 UNIT_BYTES = 1 << 30
@@ -77,9 +77,10 @@ def _unit(number: int, model: str, file: str, run: list) -> ScanUnit:
 def count_unit(unit: ScanUnit, kernel=None) -> list[TensorPart]:
     """Count a unit's chunks one after another and fold them per tensor (see the module's docstring)."""
     blocks: dict[str, list] = {}  # tensor name -> [(start row, rows, result)], consecutive rows
-    for chunk in unit.chunks:
-        tensor, start_row, rows, result = count_chunk(chunk, kernel)
-        blocks.setdefault(tensor.name, []).append((start_row, rows, result))
+    with mapped_files(unit.chunks) as maps:
+        for chunk in unit.chunks:
+            tensor, start_row, rows, result = count_chunk(chunk, maps, kernel)
+            blocks.setdefault(tensor.name, []).append((start_row, rows, result))
     return [TensorPart(name, parts[0][0], sum(rows for _, rows, _ in parts), _fold(parts))
             for name, parts in blocks.items()]
 
