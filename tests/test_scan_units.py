@@ -119,6 +119,27 @@ def test_missing_ray_is_one_line_naming_the_install(monkeypatch):
     assert raised.value.line() == "--executor ray: Ray is not installed (pip install 'prunescope[ray]')"
 
 
+def test_an_address_nothing_listens_on_is_one_line_within_seconds():
+    import socket
+
+    from prunescope.scan_ray import check_reachable
+    from prunescope.tensors import CheckpointError
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.perf_counter()
+        with pytest.raises(CheckpointError) as raised:
+            check_reachable(address)
+        assert raised.value.line().startswith(f"--address {address}: cannot reach the Ray cluster: ")
+        assert time.perf_counter() - started < 6
+    with socket.socket() as server:  # one that listens passes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+
+
 def test_local_scan_imports_neither_ray_nor_numba_for_small_models(tmp_path):
     model = builders.llama()
     model.save_pretrained(tmp_path / "model")

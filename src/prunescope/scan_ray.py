@@ -46,6 +46,7 @@ def connect(address: str | None = None) -> None:
         return  # joined by whoever runs us (an application, a test): its runtime_env ships the code
     import logging
 
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address, runtime_env=job_runtime_env(), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
@@ -54,6 +55,21 @@ def connect(address: str | None = None) -> None:
         raise CheckpointError(f"--address {where}", f"cannot join the Ray cluster: {error}",
                               "check the address (ray status on the head node), or leave it out for a "
                               "local instance") from None
+
+
+def check_reachable(address: str | None) -> None:
+    """A HOST:PORT nothing listens on would keep ray.init retrying for minutes: a plain connection
+    first, for one line within seconds. ("auto" and no address are Ray's to resolve: they fail fast.)"""
+    if not address or address == "auto":
+        return
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"--address {address}", f"cannot reach the Ray cluster: {error}",
+                              "check the address: `ray status` on the head node prints it") from None
 
 
 def describe_cluster() -> str:
