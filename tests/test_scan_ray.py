@@ -50,8 +50,11 @@ def test_workers_run_the_copy_of_prunescope_shipped_to_them(cluster):
 
         return prunescope.__file__
 
-    shipped = ray.get(where.remote())
-    assert "runtime_resources" in shipped and not shipped.startswith(os.path.dirname(os.path.dirname(scan.__file__)))
+    ours = os.path.dirname(os.path.dirname(scan.__file__))
+    # with a task's own env_vars too (as the crash switch below sets them): Ray merges, the code stays
+    for task in (where, where.options(runtime_env={"env_vars": {"SOME": "thing"}})):
+        shipped = ray.get(task.remote())
+        assert "runtime_resources" in shipped and not shipped.startswith(ours)
 
 
 def test_a_worker_killed_mid_run_is_retried(cluster, checkpoint, tmp_path, monkeypatch):

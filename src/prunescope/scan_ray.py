@@ -46,13 +46,13 @@ def connect(address: str | None = None) -> None:
         return  # joined by whoever runs us (an application, a test): its runtime_env ships the code
     import logging
 
-    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    given = address or os.environ.get("RAY_ADDRESS")
+    check_reachable(given)
     try:
         ray.init(address=address, runtime_env=job_runtime_env(), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
-        raise CheckpointError(f"--address {where}", f"cannot join the Ray cluster: {error}",
+        raise CheckpointError(f"--address {given or 'a local instance'}", f"cannot join the Ray cluster: {error}",
                               "check the address (ray status on the head node), or leave it out for a "
                               "local instance") from None
 
@@ -93,7 +93,7 @@ def scan_tensors_ray(tensors: list[TensorInfo], per_row_groups=frozenset(), prog
     units = plan_units(tensors, per_row_groups, model, *sizes)
     if not units:
         return merge_units(tensors, units, {})
-    options = {"runtime_env": _task_runtime_env(), "scheduling_strategy": "SPREAD"}
+    options = {"scheduling_strategy": "SPREAD", **_task_runtime_env()}
     _probe(sorted({unit.file for unit in units}), options)
     count = _remote(_count_unit).options(max_retries=RETRIES, retry_exceptions=[OSError], **options)
     pending = {count.remote(unit): unit for unit in units}
@@ -190,9 +190,10 @@ def job_runtime_env() -> dict:
 
 
 def _task_runtime_env() -> dict:
-    """The test switch above, passed on to the workers when it is set (merged with the job's)."""
+    """The test switch above, passed on to the workers when it is set (Ray merges it with the job's
+    runtime_env: the shipped code stays)."""
     marker = os.environ.get(CRASH_ONCE_ENV)
-    return {"env_vars": {CRASH_ONCE_ENV: marker}} if marker else {}
+    return {"runtime_env": {"env_vars": {CRASH_ONCE_ENV: marker}}} if marker else {}
 
 
 @functools.lru_cache(maxsize=None)
