@@ -67,6 +67,8 @@ def test_units_are_contiguous_ranges_of_one_file_in_order(tmp_path, monkeypatch)
         assert unit.start < unit.end
         if following.file == unit.file:
             assert unit.end <= following.start  # contiguous tensors: ranges do not overlap
+            # about unit_bytes each (the last of a file less): cut at the first chunk that reaches it
+            assert SMALL_UNIT <= unit.end - unit.start < SMALL_UNIT + SMALL_CHUNK
     for unit in units:
         for tensor, start_row, rows, _ in unit.chunks:
             first, span, _ = scan.chunk_layout(tensor, start_row, rows)
