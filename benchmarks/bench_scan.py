@@ -8,10 +8,16 @@ the page cache, each measurement runs in its own subprocess and times its work i
 excluded), several times (a. and b. in the same process, alternating, so that they see the same machine):
 
   a. plain read  - a single-threaded sequential `readinto` of the shards into a reused 16 MB buffer (the floor)
-  b. scan        - prunescope's `scan_tensors(..., device="cpu")`, all cores (and, for scale, 1 worker)
+  b. scan        - prunescope's `scan_tensors(..., device="cpu")` with the compiled kernel, all cores (and,
+                   for scale, 1 worker; and numpy's passes, the fallback, on all cores)
   c. wanda       - `safetensors.torch.load_file` of the shards, then `(W == 0).sum()` per linear weight
                    (the way Wanda's `check_sparsity` counts)
-  d. cli         - the whole `prunescope inspect <dir> --sparsity --device cpu`, wall time (imports included)
+  d. cli         - the whole `prunescope inspect <dir> --sparsity --device cpu`, wall time (imports included);
+                   it picks its engine as users get it: below 4 GiB (scan.KERNEL_MIN_BYTES) numpy, numba unloaded
+  e. ray         - `scan_tensors_ray` (--executor ray) on a local Ray cluster with as many CPUs as cores:
+                   units of a whole shard each here (files under 2 GiB), counted by Ray workers; timed
+                   after a first scan that starts the workers. Also the cost of one unit that reads
+                   nothing worth counting (a norm vector): the overhead per unit. Skipped without Ray.
 
 and reports GB/s (bytes of tensor data / seconds) and peak RSS, checks the target
 "scan >= 80% of the plain read's throughput", and checks that the scan's per-tensor nonzero counts
@@ -169,9 +175,14 @@ import json, resource, sys, time
 import numpy  # imported here, not by the first scan, so the timings exclude it
 from prunescope.readers import read_tensor_index
 from prunescope.measure.scan import scan_tensors
-repeat, workers, with_plain, index, files = int(sys.argv[1]), int(sys.argv[2]) or None, sys.argv[3] == "1", \
-    sys.argv[4], sys.argv[5:]
+repeat, workers, with_plain, engine, index, files = int(sys.argv[1]), int(sys.argv[2]) or None, \
+    sys.argv[3] == "1", sys.argv[4], sys.argv[5], sys.argv[6:]
 tensors = list(read_tensor_index([index]).tensors)
+# the compiled kernel's one-time cost (KERNEL_SCRIPT measures it) is kept out of the timed runs
+from prunescope.measure.scan import compiled_kernel
+kernel = compiled_kernel() if engine == "numba" else None
+if kernel is not None:
+    kernel.count(numpy.zeros((1, 64), dtype=numpy.uint16), True)
 # a. the floor: one thread, sequential reads of every shard into one reused 16 MB buffer. It runs here,
 # alternating with the scan, so that both see the same machine: load from elsewhere skews both alike.
 view = memoryview(bytearray(16 << 20))
@@ -196,12 +207,61 @@ for _ in range(repeat):
         if key == "plain":
             plain_read()
         else:
-            contents = scan_tensors(tensors, device="cpu", workers=workers, progress=None)
+            contents = scan_tensors(tensors, device="cpu", workers=workers, progress=None,
+                                    engine=engine if kernel is not None else "numpy")
         result[key]["times"].append(time.perf_counter() - start)
         result[key]["cpu"].append(cpu() - start_cpu)
 result["nonzero"] = {name: c.nonzero for name, c in contents.items()}
 result["nm24"] = {name: c.nm_groups["2:4"] for name, c in contents.items() if "2:4" in c.nm_groups}
 print(json.dumps(result))
+'''
+
+KERNEL_SCRIPT = '''
+import json, time
+import numpy
+# What a process pays before its first compiled count: importing numba, then loading the kernel's loops
+# from numba's cache (compiling them when the cache is empty) at their first call, for bf16 and fp32 rows.
+start = time.perf_counter()
+from prunescope.measure.scan import compiled_kernel
+kernel = compiled_kernel()
+for dtype in (numpy.uint16, numpy.uint32):
+    kernel.count(numpy.zeros((1, 64), dtype=dtype), True)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+'''
+
+RAY_SCRIPT = '''
+import json, logging, os, statistics, sys, time
+import numpy, ray
+from prunescope.readers import read_tensor_index
+from prunescope.measure.scan_ray import job_runtime_env, scan_tensors_ray
+from prunescope.measure.scan_units import plan_units
+repeat, index = int(sys.argv[1]), sys.argv[2]
+tensors = list(read_tensor_index([index]).tensors)
+# a local cluster as `--executor ray` starts it (scan_ray.connect), with one CPU per core
+start = time.perf_counter()
+ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env(),
+         logging_level=logging.WARNING)
+started = time.perf_counter() - start
+start = time.perf_counter()
+scan_tensors_ray(tensors)  # not in the timed runs: starts the workers, which import numba and load the kernel
+first_scan = time.perf_counter() - start
+times = []
+for _ in range(repeat):
+    start = time.perf_counter()
+    contents = scan_tensors_ray(tensors)
+    times.append(time.perf_counter() - start)
+# the overhead of one unit: plan, probe task, unit task, merge, for a 4 KB norm vector
+vector = [t for t in tensors if len(t.shape) == 1][:1]
+small = []
+for _ in range(20):
+    start = time.perf_counter()
+    scan_tensors_ray(vector)
+    small.append(time.perf_counter() - start)
+ray.shutdown()
+# the workers' CPU is not this process's: "cpu" is left out
+print(json.dumps({"ray": {"times": times, "cpu": None}, "rss_mb": None, "units": len(plan_units(tensors)),
+                  "unit_overhead_s": statistics.median(small), "start_s": started, "first_scan_s": first_scan,
+                  "nonzero": {name: c.nonzero for name, c in contents.items()}}))
 '''
 
 WANDA_SCRIPT = '''
@@ -273,7 +333,7 @@ def main():
     parser.add_argument("--size-gb", type=float, default=2.2,
                         help="approximate checkpoint size; sets the layer count (default 2.2: TinyLlama's 22 layers)")
     parser.add_argument("--repeat", type=int, default=5,
-                        help="timed runs per measurement, median kept (default 5; 3 at most for scan-1, wanda, cli)")
+                        help="timed runs per measurement, median kept (default 5; 3 at most for the other rows)")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint")
     parser.add_argument("--strict", action="store_true", help="exit nonzero if the target is missed or a check fails")
     args = parser.parse_args()
@@ -304,7 +364,7 @@ def run(args, root):
     print("  linear weights of layer n: dense (n % 3 == 0), 50% magnitude-pruned (n % 3 == 1), 2:4 (n % 3 == 2);"
           " embeddings, lm_head and norms dense")
     print(f"prunescope measured: {os.path.dirname(importlib.util.find_spec('prunescope').origin)}")
-    print(f"{os.cpu_count()} cores; {args.repeat} timed runs (3 at most for scan-1, wanda, cli), median kept, "
+    print(f"{os.cpu_count()} cores; {args.repeat} timed runs (3 at most for scan-1, numpy, wanda, cli, ray), median kept, "
           f"best shown too; files in the page cache")
     print()
 
@@ -312,13 +372,16 @@ def run(args, root):
     os.makedirs(scripts)
     common.write_runner(root)
     for name, text in [("scan.py", SCAN_SCRIPT),
-                       ("wanda.py", WANDA_SCRIPT)]:
+                       ("wanda.py", WANDA_SCRIPT),
+                       ("ray_scan.py", RAY_SCRIPT),
+                       ("kernel.py", KERNEL_SCRIPT)]:
         with open(os.path.join(scripts, name), "w") as f:
             f.write(text)
     py = sys.executable
     # The children get a .pyc cache of their own (as an installed tool has; PYTHONDONTWRITEBYTECODE, set
     # in some sandboxes, would recompile prunescope on every CLI run) and nothing is written into src/.
-    env = dict(os.environ, PYTHONPYCACHEPREFIX=os.path.join(root, "pycache"))
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=os.path.join(root, "pycache"),
+               NUMBA_CACHE_DIR=os.path.join(root, "numba-cache"))  # numba's cache starts empty, outside src/
     env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     # Flush the freshly written 2.2 GB to disk first: otherwise the kernel writes it back during the first
@@ -331,6 +394,14 @@ def run(args, root):
     repeat, slow_repeat = args.repeat, min(args.repeat, 3)
     m = {}
 
+    # The compiled kernel's one-time cost: first with empty caches (numba's .pyc and kernel compiled), then
+    # as every later process pays it. Measured first, so that the timed children all load it from cache.
+    kernel_cost = []
+    if importlib.util.find_spec("numba") is not None:
+        for _ in range(2):
+            kernel_cost.append(common.last_json_line(
+                common.measure(root, [py, os.path.join(scripts, "kernel.py")], env=env)[1])["seconds"])
+
     def child(script, argv):
         # one child process times its own runs (imports excluded); runner.py gives its peak RSS
         runs, out = common.measure(root, [py, os.path.join(scripts, script)] + argv, env=env)
@@ -338,15 +409,17 @@ def run(args, root):
 
     def record(key, peak, result, part):
         m[key] = {"times": result[part]["times"], "cpu": result[part]["cpu"], "peak": peak,
-                  "delta": None if peak is None else peak - result["rss_mb"], "out": result}
+                  "delta": None if peak is None or result["rss_mb"] is None else peak - result["rss_mb"],
+                  "out": result}
         print(f"  {key:<8} runs: {', '.join(f'{t:.3f}' for t in m[key]['times'])} s")
 
-    # a. and b.: the plain read and the scan on all cores (workers=None), alternating in one process
-    peak, result = child("scan.py", [str(repeat), "0", "1", index] + files)
+    # a. and b.: the plain read and the scan on all cores (workers=None), alternating in one process; the
+    # scan with the compiled kernel (numpy where numba is missing), and, for scale, on 1 worker and with numpy
+    peak, result = child("scan.py", [str(repeat), "0", "1", "numba", index] + files)
     record("plain", None, result, "plain")  # its RSS is the scan's process's: not shown
     record("scan", peak, result, "scan")
-    # the scan on one worker: how it scales with the cores
-    record("scan-1", *child("scan.py", [str(slow_repeat), "1", "0", index] + files), "scan")
+    record("scan-1", *child("scan.py", [str(slow_repeat), "1", "0", "numba", index] + files), "scan")
+    record("numpy", *child("scan.py", [str(slow_repeat), "0", "0", "numpy", index] + files), "scan")
     # c. wanda
     peak, result = child("wanda.py", [str(slow_repeat)] + files)
     record("wanda", peak, result, "wanda")
@@ -359,6 +432,12 @@ def run(args, root):
     m["cli"] = {"times": [r[0] for r in runs], "cpu": [r[1] for r in runs], "peak": max(r[2] for r in runs),
                 "delta": None}
     print(f"  {'cli':<8} runs: {', '.join(f'{r[0]:.3f}' for r in runs)} s")
+    # e. the Ray executor on a local cluster (its workers' memory is not the driver's: no RSS shown)
+    if importlib.util.find_spec("ray") is not None:
+        _, result = child("ray_scan.py", [str(slow_repeat), index])
+        record("ray", None, result, "ray")
+    else:
+        print("  (ray is not installed: no Ray row; pip install 'prunescope[ray]')")
 
     # correctness in passing: the scan's counts against torch's
     print()
@@ -381,6 +460,9 @@ def run(args, root):
         (f"`prunescope inspect --sparsity` printed the same nonzero count ({torch_total:,})",
          f"{torch_total:,}" in cli_out or str(torch_total) in cli_out),
     ]
+    if "ray" in m:
+        checks.append(("the Ray executor's per-tensor counts equal torch's too",
+                       m["ray"]["out"]["nonzero"] == wanda["nonzero"]))
     for what, ok in checks:
         print(f"  {'ok ' if ok else 'BAD'}  {what}")
     print(f"  (Wanda's check_sparsity over the linear weights: {wanda['linear_sparsity']:.4f})")
@@ -388,15 +470,17 @@ def run(args, root):
     # table: throughput = bytes of tensor data / seconds, for every row
     print()
     names = {"plain": "a. plain read, 1 thread (floor)", "scan": f"b. prunescope scan, {os.cpu_count()} workers",
-             "scan-1": "   prunescope scan, 1 worker", "wanda": "c. wanda: load_file + (W==0).sum()",
-             "cli": "d. prunescope inspect --sparsity (CLI)"}
+             "scan-1": "   prunescope scan, 1 worker", "numpy": f"   numpy's passes, {os.cpu_count()} workers",
+             "wanda": "c. wanda: load_file + (W==0).sum()",
+             "cli": "d. prunescope inspect --sparsity (CLI)",
+             "ray": f"e. --executor ray, local cluster, {os.cpu_count()} CPUs"}
     rows = [("measurement", "median s", "GB/s", "best GB/s", "CPU/wall", "peak RSS MB", "RSS delta MB")]
     for key, r in m.items():
         med, best = statistics.median(r["times"]), min(r["times"])
         r["gbps"] = data_bytes / med / 1e9
         # CPU/wall: the cores a run really kept busy (2 workers that show ~1.0 here did not get 2 cores)
-        busy = statistics.median(c / t for c, t in zip(r["cpu"], r["times"]))
-        rows.append((names[key], f"{med:.3f}", f"{r['gbps']:.2f}", f"{data_bytes / best / 1e9:.2f}", f"{busy:.2f}",
+        busy = "-" if r["cpu"] is None else f"{statistics.median(c / t for c, t in zip(r['cpu'], r['times'])):.2f}"
+        rows.append((names[key], f"{med:.3f}", f"{r['gbps']:.2f}", f"{data_bytes / best / 1e9:.2f}", busy,
                      "-" if r["peak"] is None else f"{r['peak']:.0f}", "-" if r["delta"] is None else f"{r['delta']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
@@ -410,7 +494,17 @@ def run(args, root):
     print(f"  scan / plain read          {ratio:6.2f}x throughput "
           f"(round by round: {', '.join(f'{x:.2f}' for x in rounds)})")
     print(f"  scan {os.cpu_count()} workers / 1 worker  {m['scan']['gbps'] / m['scan-1']['gbps']:6.2f}x")
+    print(f"  compiled kernel / numpy    {m['scan']['gbps'] / m['numpy']['gbps']:6.2f}x")
     print(f"  scan / wanda               {m['scan']['gbps'] / m['wanda']['gbps']:6.2f}x")
+    if kernel_cost:
+        print(f"  compiled kernel's one-time cost per process: {kernel_cost[1]:.2f} s (import numba, load the kernel "
+              f"from numba's cache); the first time on a machine {kernel_cost[0]:.2f} s (compiling it, and numba's .pyc)")
+    if "ray" in m:
+        out = m["ray"]["out"]
+        print(f"  ray / local scan           {m['ray']['gbps'] / m['scan']['gbps']:6.2f}x  ({out['units']} units; "
+              f"one unit's overhead {out['unit_overhead_s'] * 1000:.0f} ms: plan, probe task, unit task, merge)")
+        print(f"  ray's one-time costs: {out['start_s']:.1f} s to start the local instance, then {out['first_scan_s']:.1f} s "
+              f"for the first scan (workers started, numba loaded), not in the timed runs")
 
     print()
     ok = ratio >= TARGET

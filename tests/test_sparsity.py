@@ -1,5 +1,6 @@
 """--sparsity: every count against torch's own `(p == 0)` on checkpoints written by transformers."""
 
+import importlib.util
 import json
 
 import pytest
@@ -166,19 +167,29 @@ def test_sliced_views_and_legacy_files_are_scanned_exactly(tmp_path):
     assert legacy["nonzero_params"] == nonzero(model)
 
 
-def test_torch_engine_counts_like_numpy(tmp_path):
-    """The CUDA path's code, run with torch on the CPU: same numbers as the numpy engine."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+def test_engines_count_alike(tmp_path, dtype):
+    """The compiled kernel, numpy and the CUDA path's code (torch, run on the CPU): the same numbers,
+    and each tensor's nonzeros are torch's own."""
     model = builders.llama()
     wanda_nm_(model, 2, 4)
+    magnitude_prune_(model.model.layers[1])
     zero_layer_(model.model.layers[3], negative=True)
-    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    model.to(dtype).save_pretrained(tmp_path / "model")
     tensors = list(read_tensor_index([str(tmp_path / "model" / "model.safetensors")]).tensors)
-    by_numpy = scan_tensors(tensors, device="cpu")
-    by_torch = scan_tensors(tensors, device="cpu", engine="torch")
-    for name, contents in by_numpy.items():
-        other = by_torch[name]
-        assert (contents.nonzero, contents.nm_groups, contents.zero_rows, contents.zero_columns) == \
-            (other.nonzero, other.nm_groups, other.zero_rows, other.zero_columns), name
+    by_numpy = scan_tensors(tensors, device="cpu", engine="numpy")
+    engines = ["torch"] + (["numba"] if importlib.util.find_spec("numba") else [])
+    parameters = dict(model.named_parameters())
+    for engine in engines:
+        by_engine = scan_tensors(tensors, device="cpu", engine=engine)
+        for name, contents in by_numpy.items():
+            other = by_engine[name]
+            assert (contents.nonzero, contents.nm_groups, contents.zero_rows, contents.zero_columns) == \
+                (other.nonzero, other.nm_groups, other.zero_rows, other.zero_columns), (engine, name)
+            if contents.row_nonzero is not None:
+                assert (contents.row_nonzero == other.row_nonzero).all(), (engine, name)
+            if name in parameters:
+                assert other.nonzero == int((parameters[name] != 0).sum()), (engine, name)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -190,37 +201,86 @@ def test_cuda_scan_matches_torch(tmp_path):
     assert_counts(structure, model.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("width", [64, 36, 30])  # packed-bits path (multiple of 8), 4-groups only, neither
-@pytest.mark.parametrize("packed_bits", [True, False], ids=["numpy2", "numpy1"])
-def test_count_block_against_torch(monkeypatch, width, packed_bits):
+FLOAT_TORCH = (torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.float8_e4m3fn)
+SIGNED_TORCH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def pruned_weight(kind: str, width: int, dtype, seed: int):
+    """50 x width weights: dense, 50% unstructured, 2:4 (Wanda's way) or all zero; about half of the
+    zeros are -0.0, as `W * mask` leaves them; the 50% one has a dead input column and output row."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(50, width, generator=generator)
+    if kind == "50%":
+        weight[torch.rand(50, width, generator=generator) < 0.5] = 0
+        weight[:, 3] = 0
+        weight[7] = 0
+    elif kind == "2:4":
+        blocks = weight.view(50, -1, 4)
+        blocks.scatter_(-1, blocks.abs().topk(2, dim=-1, largest=False).indices, 0.0)
+    elif kind == "zeroed":
+        weight.zero_()
+    weight[(weight == 0) & (torch.rand(50, width, generator=generator) < 0.5)] = -0.0
+    return weight.to(dtype)  # keeps the zeros' signs
+
+
+@pytest.mark.parametrize("width", [64, 36, 30, 12])  # groups of 8 and 4, of 4 only, neither, one group of 8 + 4
+@pytest.mark.parametrize("dtype", FLOAT_TORCH, ids=lambda dtype: str(dtype).split(".")[-1])
+@pytest.mark.parametrize("engine", ["numba", "numpy2", "numpy1"])
+def test_count_block_against_torch(monkeypatch, width, dtype, engine):
+    """Both ways of counting a block (the compiled kernel, numpy with and without bitwise_count) give
+    torch's own counts, for dense, 50%-sparse, 2:4 and zeroed blocks of every float dtype."""
     import numpy as np
 
-    from prunescope.measure.scan import count_block
+    from prunescope.measure.scan import compiled_kernel, count_block
 
-    if not packed_bits and hasattr(np, "bitwise_count"):
+    kernel = None
+    if engine == "numba":
+        pytest.importorskip("numba")
+        kernel = compiled_kernel()
+    elif engine == "numpy1" and hasattr(np, "bitwise_count"):
         monkeypatch.delattr(np, "bitwise_count")  # the numpy < 2 way
-    elif packed_bits and not hasattr(np, "bitwise_count"):
+    elif engine == "numpy2" and not hasattr(np, "bitwise_count"):
         pytest.skip("numpy < 2")
-    generator = torch.Generator().manual_seed(width)
-    weight = torch.randn(50, width, generator=generator).to(torch.bfloat16)
-    weight[torch.rand(50, width, generator=generator) < 0.45] = -0.0
-    weight[:, 3] = 0  # a dead input column
-    weight[7] = 0  # a dead output row
-    bits = weight.view(torch.int16).numpy().view(np.uint16)
-    nonzero, groups, row_counts, columns = count_block(bits, signed_float=True, per_row_groups=True)
-    _, totals, _, _ = count_block(bits, signed_float=True)
-    zero = weight == 0
-    assert nonzero == int((~zero).sum())
-    assert row_counts.tolist() == (~zero).sum(dim=1).tolist()
-    assert columns.tolist() == (~zero).any(dim=0).tolist()
-    for zeros, size in ((2, 4), (4, 8)):
-        key = f"{zeros}:{size}"
-        if width % size:
-            assert key not in groups
-            continue
-        compliant_per_row = (zero.view(50, -1, size).sum(dim=-1) >= zeros).sum(dim=1)
-        assert groups[key].tolist() == compliant_per_row.tolist(), key
-        assert totals[key] == int(compliant_per_row.sum()), key
+    for kind in ("dense", "50%", "2:4", "zeroed") if width % 4 == 0 else ("dense", "50%", "zeroed"):
+        weight = pruned_weight(kind, width, dtype, seed=width)
+        if kind != "dense":
+            assert torch.signbit(weight.float()[weight.float() == 0]).any(), "no -0.0 to count as zero"
+        item = weight.element_size()
+        bits = weight.view(SIGNED_TORCH[item]).numpy().view(f"uint{8 * item}")
+        if kernel is not None and (width * item) % max(4, min(8, 4 * item)) == 0:
+            assert kernel.count(bits, True) is not None  # the kernel's own pass, not numpy behind it
+        nonzero, groups, row_counts, columns = count_block(bits, True, per_row_groups=True, kernel=kernel)
+        _, totals, _, _ = count_block(bits, True, kernel=kernel)
+        zero = weight.float() == 0
+        assert nonzero == int((~zero).sum()), kind
+        assert row_counts.tolist() == (~zero).sum(dim=1).tolist(), kind
+        assert columns.dtype == bool and columns.tolist() == (~zero).any(dim=0).tolist(), kind
+        for zeros, size in ((2, 4), (4, 8)):
+            key = f"{zeros}:{size}"
+            if width % size:
+                assert key not in groups and key not in totals
+                continue
+            compliant_per_row = (zero.view(50, -1, size).sum(dim=-1) >= zeros).sum(dim=1)
+            assert groups[key].tolist() == compliant_per_row.tolist(), (kind, key)
+            assert totals[key] == int(compliant_per_row.sum()), (kind, key)
+
+
+@pytest.mark.parametrize("item", [1, 2, 4, 8])
+def test_kernel_counts_integers_with_their_sign_bit(item):
+    """Integer tensors (not floats): a value with only its top bit set is nonzero."""
+    import numpy as np
+
+    pytest.importorskip("numba")
+    from prunescope.measure.scan import compiled_kernel, count_block
+
+    values = torch.randint(-3, 3, (20, 16), generator=torch.Generator().manual_seed(item), dtype=SIGNED_TORCH[item])
+    values[2, :4] = torch.iinfo(SIGNED_TORCH[item]).min  # the sign bit alone: -0.0's bits
+    bits = values.numpy().view(f"uint{8 * item}")
+    counted = count_block(bits, signed_float=False, per_row_groups=True, kernel=compiled_kernel())
+    assert counted[0] == int((values != 0).sum())
+    assert counted[2].tolist() == (values != 0).sum(dim=1).tolist()
+    by_numpy = count_block(bits, signed_float=False, per_row_groups=True)
+    assert all(np.array_equal(counted[1][key], by_numpy[1][key]) for key in ("2:4", "4:8"))
 
 
 def test_phi3_fused_projections_get_their_own_nm_and_zero_rows(tmp_path):

@@ -13,17 +13,18 @@ from .locate import LocateError, Location, locate, names_remote_model, refuse_im
 from .atomic import write_json
 from .console import encoding_name, experts_line, format_table, human, human_bytes, reduction, value_range, widths
 from .compute import CONVENTION, ComputeOptions
-from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference
+from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference, scan_options
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
 
 RULE = "=" * 80
+MODELS_IN_FLIGHT = 4  # with --executor ray: 4 x 16 units of 8B models keep a 64-CPU cluster busy
 
 
 def run_batch(models_dir: str | None, base_model: str | None = None, output_dir: str = "baselines_analysis/",
               merge: bool = False, force: bool = False, include=(), exclude=(), extra_models=(),
               out=None, sparsity: bool = False, device: str = "auto", remote_scan: bool = False,
-              options: ComputeOptions | None = None) -> int:
+              options: ComputeOptions | None = None, executor: str = "local", address: str | None = None) -> int:
     """Analyse every model under `models_dir`; returns the exit status (1 when anything failed)."""
     out = out or sys.stdout
     say = lambda text="": print(text, file=out)  # noqa: E731
@@ -81,14 +82,12 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
 
     scan = None
     if sparsity:
-        from .measure.scan import choose_device  # numpy (and maybe torch) only when contents are scanned
-
         try:
-            scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
+            scan, where = scan_options(device, executor, address)
         except CheckpointError as error:
             say(f"✗ error: {error.line()}")
             return 1
-        say(f"Content scan (--sparsity) on {scan.device}")
+        say(f"Content scan (--sparsity) on {where}")
     base = None
     base_error = None
     if base_model:
@@ -105,8 +104,7 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
 
     results: list[ModelResult] = []
     progress = _progress(len(entries))
-    for number, entry in enumerate(entries, 1):
-        result = analyse_entry(entry, output_dir, base, force, scan, options)
+    for number, result in enumerate(_analysed(entries, output_dir, base, force, scan, options), 1):
         results.append(result)
         line = _status_line(number, len(entries), result)
         if progress is not None:
@@ -158,6 +156,22 @@ def _located_entries(location: Location) -> list[ModelEntry]:
     if location.is_remote:
         return [ModelEntry(location.name, location.reference, location.checkpoint)]
     return examine(location.path, location.name)
+
+
+def _analysed(entries, output_dir: str, base, force: bool, scan, options):
+    """Each entry's ModelResult, in order. Locally one model at a time: its scan has every core. With
+    --executor ray, MODELS_IN_FLIGHT models at once, so that the cluster has the units of several
+    models to run: one 8B model is 16 units, and its slowest unit would leave the rest idle."""
+    def analyse(entry):
+        return analyse_entry(entry, output_dir, base, force, scan, options)
+
+    if scan is None or scan.executor != "ray":
+        yield from map(analyse, entries)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=MODELS_IN_FLIGHT) as pool:
+        yield from pool.map(analyse, entries)
 
 
 OUTPUT_NAMES = (BATCH_FILE, MODELS_SUMMARY_FILE, "tables", "plots", "report.html")

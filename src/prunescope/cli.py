@@ -86,6 +86,11 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                              "analysis itself needs no device")
     parser.add_argument("--remote-scan", "--remote_scan", dest="remote_scan", action="store_true",
                         help="let --sparsity read the weights of remote models (all their bytes)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="where --sparsity reads and counts: this machine's cores, or the workers of a "
+                             "Ray cluster (pip install 'prunescope[ray]')")
+    parser.add_argument("--address", metavar="auto|HOST:6379|ray://HOST:10001",
+                        help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local instance)")
 
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +172,8 @@ def _run(argv: list[str]) -> int:
         status = run_batch(args.models_dir, base_model=args.base_model, output_dir=args.output_dir,
                            merge=args.merge_results, force=args.force, include=args.include,
                            exclude=args.exclude, extra_models=args.model, sparsity=args.sparsity,
-                           device=args.device, remote_scan=args.remote_scan, options=compute_options(args))
+                           device=args.device, remote_scan=args.remote_scan, executor=args.executor,
+                           address=args.address, options=compute_options(args))
         if args.report:
             from .report.command import run_report
 
@@ -179,7 +185,7 @@ def _run(argv: list[str]) -> int:
         return report_from_args(args)
     if args.command == "inspect":
         return inspect_model(args.path, args.base_model, args.json, args.sparsity, args.device, args.remote_scan,
-                             compute_options(args))
+                             compute_options(args), args.executor, args.address)
     if args.command == "export":
         from .export.command import run_export
 
@@ -193,10 +199,11 @@ def _run(argv: list[str]) -> int:
 
 
 def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bool = False,
-                  device: str = "auto", remote_scan: bool = False, options=None) -> int:
+                  device: str = "auto", remote_scan: bool = False, options=None, executor: str = "local",
+                  address: str | None = None) -> int:
     from .compare import compare
     from .locate import locate, refuse_implicit_scan
-    from .pipeline import ScanOptions, analyse_reference
+    from .pipeline import analyse_reference, scan_options
     from .console import structure_summary
     from .schema import structure_to_dict
     from .tensors import CheckpointError
@@ -208,11 +215,7 @@ def inspect_model(path: str, base_model: str | None, as_json: bool, sparsity: bo
         if refusal:
             print(f"error: {refusal}", file=sys.stderr)
             return 1
-        scan = None
-        if sparsity:
-            from .measure.scan import choose_device
-
-            scan = ScanOptions(device=choose_device(device), progress=sys.stderr.isatty())
+        scan = scan_options(device, executor, address)[0] if sparsity else None
         base = analyse_reference(base_location, scan=scan, options=options) if base_location else None
         analysis = analyse_reference(location, base.config if base else None, scan, options)
     except CheckpointError as error:

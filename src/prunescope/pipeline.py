@@ -112,9 +112,30 @@ def _depends_on_base(structure: ModelStructure) -> bool:
 class ScanOptions(Record):
     """--sparsity: read every tensor's bytes (off by default: the header-only path reads almost nothing)."""
 
-    device: str = "cpu"  # "cpu" (numpy) or "cuda" (torch), as chosen by scan.choose_device
+    device: str = "cpu"  # "cpu" (numba or numpy) or "cuda" (torch), as chosen by scan.choose_device
     workers: int | None = None
     progress: bool = False  # a progress bar in bytes, for people at a terminal
+    executor: str = "local"  # "local" (this machine's cores) or "ray" (scan_ray: the workers of a cluster)
+    address: str | None = None  # --address of the Ray cluster; None: RAY_ADDRESS, else a local instance
+    unit_bytes: int | None = None  # Ray's unit of work; None: scan_units' (about 1 GiB); small in tests
+
+
+def scan_options(device: str, executor: str = "local", address: str | None = None) -> tuple[ScanOptions, str]:
+    """--sparsity's options from the command line, and where the scan runs, in words. With --executor
+    ray the cluster is joined here, so that a missing extra or a wrong address is one line before any
+    model is read; the workers count on their CPUs (--device is not theirs to follow)."""
+    import sys
+
+    progress = sys.stderr.isatty()
+    if executor == "ray":
+        from .measure.scan_ray import connect, describe_cluster
+
+        connect(address)
+        return ScanOptions(progress=progress, executor="ray", address=address), describe_cluster()
+    from .measure.scan import choose_device  # numpy (and maybe torch) only when contents are scanned
+
+    options = ScanOptions(device=choose_device(device), progress=progress)
+    return options, options.device
 
 
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
@@ -199,12 +220,18 @@ def _scan_contents(structure: ModelStructure, index, options: ScanOptions, files
         # count their groups per row.
         fused = frozenset(name for layer in structure.layers
                           for name in (*layer.fused_rows, *layer.stacked_expert_tensors))
-        contents = scan_tensors(tensors, options.device, options.workers, bar.update if bar else None,
-                                per_row_groups=fused)
+        progress = bar.update if bar else None
+        if options.executor == "ray":
+            from .measure.scan_ray import scan_tensors_ray
+
+            contents = scan_tensors_ray(tensors, fused, progress, structure.model_name, options.address,
+                                        options.unit_bytes)
+        else:
+            contents = scan_tensors(tensors, options.device, options.workers, progress, per_row_groups=fused)
         if decoded:
             from .measure.scan_quantized import scan_encoded
 
-            contents.update(scan_encoded(decoded, options.workers, bar.update if bar else None, fused))
+            contents.update(scan_encoded(decoded, options.workers, progress, fused))
             contents = {t.name: contents[t.name] for t in index.tensors if t.name in contents}  # file order
     finally:
         if bar is not None:

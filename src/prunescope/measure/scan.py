@@ -3,13 +3,17 @@
 Per tensor: nonzero values (a float is zero when its bits without the sign are zero, so -0.0 is
 zero, in every float dtype), N:M compliance (2:4 and 4:8: at least N zeros in every group of M
 consecutive input weights of a row), and for matrices which output rows and input columns are
-entirely zero. Bytes are streamed through short-lived memory maps, a bounded chunk at a time, on all
-cores (numpy releases the GIL); memory stays within chunk size x workers whatever the model's size.
+entirely zero. Bytes are read through a memory map of each file, a bounded chunk at a time, on all
+cores (the counting releases the GIL), each chunk's pages unmapped once counted: memory stays within
+chunk size x workers whatever the model's size. Each chunk is counted in one compiled pass (scan_kernel, numba) where numba is installed and
+the scan is big enough to repay loading it, else with numpy: the same numbers either way.
 With --device cuda the same counts run on the GPU (torch), reading overlapped with counting.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from ..tensors import FLOAT_DTYPES, CheckpointError, TensorInfo
 from ..records import Record
 
-CHUNK_BYTES = 4 << 20  # small enough to stay in cache while a chunk's several passes run
+CHUNK_BYTES = 4 << 20  # small enough to stay in cache while numpy's several passes run over a chunk
+# The compiled kernel is loaded for a model of this many bytes: importing numba and loading the kernel
+# from numba's cache costs 0.35 s (1-2 s compiling it, the first time on a machine, or with numba's
+# files out of the page cache), and it saves 0.05-0.09 s per GB on 2 cores (benchmarks/bench_scan.py).
+# Once loaded it counts every model that follows in the process.
+KERNEL_MIN_BYTES = 4 << 30
 UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 PATTERNS = ((2, 4), (4, 8))  # N:M patterns checked: at least N zeros in every M consecutive inputs
 
@@ -67,29 +76,25 @@ def choose_device(requested: str) -> str:
 def scan_tensors(tensors: list[TensorInfo], device: str = "cpu", workers: int | None = None,
                  progress=None, engine: str | None = None, per_row_groups=frozenset()) -> dict[str, TensorContents]:
     """Contents of every tensor, keyed by name. `progress(bytes)` is called as bytes are counted.
-    The engine is numpy on the CPU and torch on CUDA devices; tests run the torch engine on the CPU.
-    Tensors named in `per_row_groups` get their N:M groups counted per row (fused projections, which
-    are split into parts by rows afterwards)."""
+    The engine is torch on CUDA devices; on the CPU "numba" (the compiled kernel) or "numpy", chosen by
+    the scan's size when not given (tests run the torch engine on the CPU too). Tensors named in
+    `per_row_groups` get their N:M groups counted per row (fused projections, which are split into
+    parts by rows afterwards)."""
     packed = next((tensor for tensor in tensors if tensor.nbytes is not None), None)
     if packed is not None:  # block-quantized (GGUF Q4_K, ...): bytes are not elements
         raise CheckpointError(packed.file, f"--sparsity cannot count the values of {packed.dtype} tensors ({packed.name})",
                               "scan the unquantized model")
-    jobs = [job + (tensor.name in per_row_groups,) for tensor in tensors for job in _chunks(tensor)]
-    counters = {tensor.name: _Counter(tensor) for tensor in tensors}
-    if (engine or ("numpy" if device == "cpu" else "torch")) == "torch":
+    jobs = plan_chunks(tensors, per_row_groups)
+    counters = {tensor.name: TensorCounter(tensor) for tensor in tensors}
+    engine = engine or choose_engine(device, sum(tensor.numel * tensor.itemsize for tensor in tensors))
+    if engine == "torch":
         from .scan_torch import count_chunks_torch
 
-        for tensor, start_row, rows, result in count_chunks_torch(jobs, _chunk_layout, device):
-            counters[tensor.name].add(start_row, rows, result)
-            if progress:
-                progress(rows * _row_bytes(tensor))
+        _add_results(counters, count_chunks_torch(jobs, chunk_layout, device), progress)
     else:
-        workers = workers or os.cpu_count() or 1
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for tensor, start_row, rows, result in pool.map(_count_job, jobs):
-                counters[tensor.name].add(start_row, rows, result)
-                if progress:
-                    progress(rows * _row_bytes(tensor))
+        kernel = compiled_kernel() if engine == "numba" else None
+        with mapped_files(jobs) as maps, ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            _add_results(counters, pool.map(functools.partial(count_chunk, maps=maps, kernel=kernel), jobs), progress)
     return {name: counter.freeze() for name, counter in counters.items()}
 
 
@@ -105,10 +110,38 @@ def count_rows(tensor: TensorInfo, values, per_row_groups: bool = False) -> Tens
 
 def contents_of_blocks(tensor: TensorInfo, results) -> TensorContents:
     """Contents of a 2-D tensor from its row blocks' counts: (first row, rows, count_block's result)."""
-    counter = _Counter(tensor)
+    counter = TensorCounter(tensor)
     for start, rows, result in results:
         counter.add(start, rows, result)
     return counter.freeze()
+
+
+def _add_results(counters: dict, results, progress) -> None:
+    for tensor, start_row, rows, result in results:
+        counters[tensor.name].add(start_row, rows, result)
+        if progress:
+            progress(rows * row_bytes(tensor))
+
+
+def choose_engine(device: str, scan_bytes: int) -> str:
+    """"torch" off the CPU; else "numba" where numba imports, for a scan big enough to repay loading
+    the kernel or once it is loaded; else "numpy" (the same numbers)."""
+    if device != "cpu":
+        return "torch"
+    if scan_bytes < KERNEL_MIN_BYTES and not compiled_kernel.cache_info().currsize:
+        return "numpy"
+    return "numpy" if compiled_kernel() is None else "numba"
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_kernel():
+    """scan_kernel.Kernel, made once per process (numba's compiled code is per process anyway);
+    None where numba is not installed or cannot be imported on this Python."""
+    try:
+        from .scan_kernel import Kernel
+    except ImportError:
+        return None
+    return Kernel()
 
 
 # -- chunking --------------------------------------------------------------------------------
@@ -124,8 +157,13 @@ def _rows_and_width(tensor: TensorInfo) -> tuple[int, int]:
     return (tensor.numel // width if width else 0), width
 
 
-def _row_bytes(tensor: TensorInfo) -> int:
+def row_bytes(tensor: TensorInfo) -> int:
     return _rows_and_width(tensor)[1] * tensor.itemsize
+
+
+def plan_chunks(tensors: list[TensorInfo], per_row_groups=frozenset()) -> list[tuple]:
+    """Every tensor cut into chunks of whole rows: (tensor, start row, rows, groups per row?)."""
+    return [job + (tensor.name in per_row_groups,) for tensor in tensors for job in _chunks(tensor)]
 
 
 def _chunks(tensor: TensorInfo):
@@ -138,7 +176,7 @@ def _chunks(tensor: TensorInfo):
     return [(tensor, start, min(step, rows - start)) for start in range(0, rows, step)]
 
 
-def _chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
+def chunk_layout(tensor: TensorInfo, start_row: int, rows: int):
     """(file offset to map from, byte length, element offset inside the map, element strides)."""
     _, width = _rows_and_width(tensor)
     item = tensor.itemsize
@@ -166,32 +204,65 @@ def _contiguous_strides(shape) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _count_job(job):
+@contextlib.contextmanager
+def mapped_files(jobs):
+    """Read-only maps of the whole files that `jobs` (plan_chunks) lie in, for the length of a scan.
+    One map per file, not per chunk: every map and unmap takes the process's address-space lock, which
+    the counting threads' page faults wait on (about a tenth of the scan's time on 2 cores)."""
+    maps: dict[str, mmap.mmap] = {}
+    try:
+        for tensor, *_ in jobs:
+            if tensor.file not in maps:
+                try:
+                    with open(tensor.file, "rb") as handle:
+                        maps[tensor.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError) as error:  # ValueError: an empty file
+                    raise CheckpointError(tensor.file, f"cannot read: {error}", "is the file truncated?") from None
+        yield maps
+    finally:
+        for mapped in maps.values():
+            mapped.close()
+
+
+def count_chunk(job, maps: dict, kernel=None):
+    """(tensor, start row, rows, count_block's result) for one planned chunk, read from `maps`
+    (mapped_files). Its pages leave the process once counted: resident memory stays bounded by the
+    chunks in flight, whatever the model's size."""
     tensor, start_row, rows, per_row_groups = job
     import numpy as np
 
-    first, span, (row_stride, column_stride) = _chunk_layout(tensor, start_row, rows)
-    aligned = first - first % mmap.ALLOCATIONGRANULARITY
+    mapped = maps[tensor.file]
+    first, span, (row_stride, column_stride) = chunk_layout(tensor, start_row, rows)
+    if first + span > len(mapped):
+        raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
+                              "re-save or re-download it")
+    item = tensor.itemsize
+    _, width = _rows_and_width(tensor)
+    values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first,
+                        strides=(row_stride * item, column_stride * item))
     try:
-        with open(tensor.file, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), first - aligned + span, access=mmap.ACCESS_READ, offset=aligned)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(tensor.file, f"cannot read {tensor.name}: {error}", "is the file truncated?") from None
-    try:
-        item = tensor.itemsize
-        _, width = _rows_and_width(tensor)
-        values = np.ndarray((rows, width), dtype=np.dtype(UNSIGNED[item]), buffer=mapped, offset=first - aligned,
-                            strides=(row_stride * item, column_stride * item))
-        result = count_block(values, tensor.dtype in FLOAT_DTYPES, per_row_groups)
-        del values
+        result = count_block(values, tensor.dtype in FLOAT_DTYPES, per_row_groups, kernel)
     finally:
-        mapped.close()  # unmapping keeps resident memory bounded by the chunks in flight
+        del values  # the map can only close once no array looks into it
+    if hasattr(mapped, "madvise"):  # not on Windows, where the pages stay mapped until the scan ends
+        page_start = first - first % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, page_start, first + span - page_start)
     return tensor, start_row, rows, result
 
 
-def count_block(values, signed_float: bool, per_row_groups: bool = False):
+def count_block(values, signed_float: bool, per_row_groups: bool = False, kernel=None):
     """(nonzero, {pattern: compliant groups}, row nonzero counts, column any-nonzero) of a rows x width
-    block; with `per_row_groups`, the compliant groups come per row (a numpy array), which costs more."""
+    block; with `per_row_groups`, the compliant groups come per row (a numpy array). With `kernel`
+    (compiled_kernel()), counted in its one pass where the block's layout allows, else with numpy."""
+    if kernel is not None:
+        result = kernel.count(values, signed_float, per_row_groups)
+        if result is not None:
+            return result
+    return _count_block_numpy(values, signed_float, per_row_groups)
+
+
+def _count_block_numpy(values, signed_float: bool, per_row_groups: bool):
+    """count_block in numpy: about eight passes over the block, each allocating (numpy < 2 too)."""
     import numpy as np
 
     if signed_float:
@@ -249,7 +320,7 @@ def _compliant(breaking_masks, groups_per_row: int, rows: int, per_row: bool):
     return rows * groups_per_row - sum(int(np.count_nonzero(mask)) for mask in breaking_masks)
 
 
-class _Counter:
+class TensorCounter:
     """Accumulates one tensor's chunk results (chunks arrive in any order)."""
 
     def __init__(self, tensor: TensorInfo):
