@@ -73,12 +73,8 @@ class PassFlops(tuple):
         return "PassFlops(" + ", ".join(f"{name}={value}" for name, value in zip(self.FIELDS, self)) + ")"
 
 
-class LayerCompute(Record):
-    layer_idx: int
-    prefill: PassFlops
-    decode: PassFlops
-    kv_cache_bytes_per_token: int  # keys and values of one token in this layer, at the KV dtype
-    attention_window: int | None = None  # sliding window: the cache keeps window - 1 tokens
+class PassTotals:
+    """prefill_flops / decode_flops of a record holding `prefill` and `decode` (PassFlops)."""
 
     @property
     def prefill_flops(self) -> int:
@@ -88,6 +84,14 @@ class LayerCompute(Record):
     def decode_flops(self) -> int:
         return self.decode.total
 
+
+class LayerCompute(PassTotals, Record):
+    layer_idx: int
+    prefill: PassFlops
+    decode: PassFlops
+    kv_cache_bytes_per_token: int  # keys and values of one token in this layer, at the KV dtype
+    attention_window: int | None = None  # sliding window: the cache keeps window - 1 tokens
+
     # The prefill split by name, for comparisons and tables.
     prefill_attention_projections = property(lambda self: self.prefill.attention_projections)
     prefill_attention_core = property(lambda self: self.prefill.attention_core)
@@ -95,7 +99,7 @@ class LayerCompute(Record):
     prefill_shortcut = property(lambda self: self.prefill.shortcut)
 
 
-class ModelCompute(Record):
+class ModelCompute(PassTotals, Record):
     options: ComputeOptions
     layers: tuple[LayerCompute, ...]
     prefill: PassFlops  # the layers' sums plus the LM head
@@ -111,14 +115,6 @@ class ModelCompute(Record):
     max_batch: int | None = None  # with options.memory: at options.context
     context_unbounded: bool = False  # every layer is sliding-window: the cache stops growing
     notes: tuple[str, ...] = ()
-
-    @property
-    def prefill_flops(self) -> int:
-        return self.prefill.total
-
-    @property
-    def decode_flops(self) -> int:
-        return self.decode.total
 
 
 def compute(structure: ModelStructure, options: ComputeOptions | None = None) -> ModelCompute:
