@@ -468,12 +468,18 @@ def memory_at(model, context: int) -> float | None:
                                             for per_token, window in model.kv_layers)
 
 
+LEGEND_ROWS = 16  # legend entries per column beside an axes
+
+
 def memory_vs_context(study: Study):
     models = [model for model in study.models if memory_at(model, 1) is not None]
     if not models:
         return None
     contexts = [2 ** power for power in range(7, 18)]  # 128 to 131072 tokens
-    figure = new_figure(7.0, 3.8)
+    # One legend entry per model beside the axes: past LEGEND_ROWS entries, more columns and more height
+    # (30 models in one column would leave the axes no room at all).
+    columns = 1 + (len(models) - 1) // LEGEND_ROWS
+    figure = new_figure(7.0 + 1.7 * (columns - 1), max(3.8, 0.19 * min(len(models), LEGEND_ROWS) + 1.2))
     axis = figure.add_subplot()
     scale = 2 ** 30 if max(memory_at(model, contexts[-1]) for model in models) >= 2 ** 30 else 2 ** 20
     number = 0
@@ -485,7 +491,8 @@ def memory_vs_context(study: Study):
     batch = models[0].compute_options.get("batch") or 1
     axis.set(xlabel="Context length (tokens)", ylabel=f"Weights + KV cache ({'GiB' if scale == 2 ** 30 else 'MiB'})",
              title=f"Memory against context length (batch {batch})")
-    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns,
+                fontsize=7 if len(models) > ONE_AXES_MAX else None)
     return figure
 
 
