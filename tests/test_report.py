@@ -19,7 +19,7 @@ import torch
 
 import builders
 from prunescope.batch import run_batch
-from prunescope.report import evals, study as study_module, tables
+from prunescope.report import evals, tables
 from prunescope.report.command import parse_formats, run_report
 from prunescope.report.evals import build_scoreboard, parse_metric_choices
 from prunescope.report.study import load_study, names_the_model

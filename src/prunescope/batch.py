@@ -13,7 +13,7 @@ from .locate import LocateError, Location, locate, names_remote_model, refuse_im
 from .atomic import write_json
 from .console import encoding_name, experts_line, format_table, human, human_bytes, reduction, value_range, widths
 from .compute import CONVENTION, ComputeOptions
-from .pipeline import ModelResult, ScanOptions, analyse_entry, analyse_reference, scan_options
+from .pipeline import ModelResult, analyse_entry, analyse_reference, scan_options
 from .schema import BATCH_FILE, COMPARISON_FILE, MODELS_SUMMARY_FILE, STRUCTURE_FILE
 from .tensors import CheckpointError
 

@@ -104,7 +104,7 @@ def layer_table(structure: ModelStructure, comparison: Comparison | None = None)
 def compute_lines(figures, comparison: Comparison | None = None) -> list[str]:
     """FLOPs, KV cache and memory in a few lines, with the convention they follow."""
     options = figures.options
-    prefill, decode = figures.prefill, figures.decode
+    prefill = figures.prefill
     head = " (LM head: last position only)" if options.last_logit else ""
     lines = [
         f"Compute (prefill S={options.seq_len}{head}, decode at context L={options.context}, batch 1):",

@@ -174,7 +174,6 @@ def structure_from_dict(data: dict) -> ModelStructure:
             other=layer["other"], shortcut=layer["shortcut"], widths=layer.get("widths", {}),
             fingerprint=layer["fingerprint"], contents=_layer_contents_from_dict(layer),
             expert_fingerprints=tuple(layer.get("expert_fingerprints", ())),
-
             weight_shapes={name: tuple(shape) for name, shape in layer.get("weight_shapes", {}).items()},
             attention_window=layer.get("attention_window")))
     return ModelStructure(
@@ -193,7 +192,6 @@ def structure_from_dict(data: dict) -> ModelStructure:
         contents=ModelContents(data["nonzero_params"], data["sparsity"], data["nm_sparsity"], tuple(data["tensors"]))
         if "nonzero_params" in data else None,
         quantization=quantization_from_dict(data["quantization"]) if data.get("quantization") else None,
-
         lm_head_shape=tuple(data["lm_head_shape"]) if data.get("lm_head_shape") else None,
         outside_weight_shapes={name: tuple(shape) for name, shape in data.get("outside_weight_shapes", {}).items()},
         compute=compute_from_dict(data["compute"], data["layers"]) if "compute" in data else None)

@@ -226,8 +226,10 @@ def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> Outside
     counts = {EMBEDDING: 0, EMBEDDING_NORM: 0, POSITIONS: 0, LM_HEAD: 0, FINAL_NORM: 0, None: 0}
     other_names = []
     embedding_tensor = lm_head_tensor = None
+    lm_head_seen = False
     for tensor in outside:
         role = family.outside_role(tensor.name)
+        lm_head_seen = lm_head_seen or role == LM_HEAD
         if role == EMBEDDING and not is_weight(tensor.name):
             role = None
         counts[role] += tensor.numel
@@ -241,7 +243,7 @@ def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> Outside
         embedding=counts[EMBEDDING], embedding_norm=counts[EMBEDDING_NORM], positions=counts[POSITIONS], lm_head=counts[LM_HEAD],
         final_norm=counts[FINAL_NORM], other=counts[None], other_names=tuple(other_names),
         embedding_tensor=embedding_tensor,
-        lm_head_seen=any(family.outside_role(tensor.name) == LM_HEAD for tensor in outside),
+        lm_head_seen=lm_head_seen,
         lm_head_tensor=lm_head_tensor)
 
 

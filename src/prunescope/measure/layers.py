@@ -114,10 +114,8 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
             wanted.append((expert if stacked else number, f"{local}|{tensor.dtype}|{shape}", tensor,
                            (tensor.file, start + expert * share, size)))
     # One batch of small reads (concurrent for a remote model).
-    for (key, label, tensor, (_, _, size)), sample in zip(wanted, files.read_ranges([w[3] for w in wanted])):
-        if len(sample) != size:
-            raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
-                                  "re-save or re-download it")
+    samples = _read_exact(files, [(tensor, request) for _, _, tensor, request in wanted])
+    for (key, label, _, _), sample in zip(wanted, samples):
         per_expert[key] = zlib.crc32(sample, zlib.crc32(label.encode(), per_expert.get(key, 0)))
     return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
@@ -144,11 +142,16 @@ def _first_pages(tensors: list[TensorInfo], files) -> list[bytes]:
     for tensor in tensors:
         ranges = tensor.byte_ranges()
         start, length = ranges[0] if ranges else (0, 0)
-        wanted.append((tensor.file, start, min(length, FIRST_READ - FIRST_READ % tensor.itemsize)))
-    asked = [request for request in wanted if request[2]]
-    fetched = iter(files.read_ranges(asked))
+        wanted.append((tensor, (tensor.file, start, min(length, FIRST_READ - FIRST_READ % tensor.itemsize))))
+    return _read_exact(files, wanted)
+
+
+def _read_exact(files, wanted: list[tuple[TensorInfo, tuple[str, int, int]]]) -> list[bytes]:
+    """The bytes of each (tensor, (file, offset, size)) request, asked for in one batch (empty ones are
+    not asked); a short read means the file is shorter than its header says."""
+    fetched = iter(files.read_ranges([request for _, request in wanted if request[2]]))
     pages = []
-    for tensor, (_, _, size) in zip(tensors, wanted):
+    for tensor, (_, _, size) in wanted:
         page = next(fetched) if size else b""
         if len(page) != size:
             raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
@@ -168,10 +171,7 @@ def _is_all_zero(tensor: TensorInfo, files, first_page: bytes) -> bool:
             position += len(first_page)
         while position < end:
             size = min(CHUNK, end - position)
-            data = files.read_ranges([(tensor.file, position, size)])[0]
-            if len(data) != size:
-                raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
-                                      "re-save or re-download it")
+            data = _read_exact(files, [(tensor, (tensor.file, position, size))])[0]
             if not _chunk_is_zero(data, itemsize, signed_float):
                 return False
             position += size
