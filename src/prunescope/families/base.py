@@ -9,9 +9,6 @@ part of the names.
 
 from __future__ import annotations
 
-import functools
-import re
-
 from ..records import Record
 
 # -- roles inside a decoder layer ---------------------------------------------------------------
@@ -121,7 +118,7 @@ class Family(Record):
         module = _module(rest)
         role = self.layer.get(module) or COMMON_LAYER.get(module)
         if role is None:
-            numbered = NUMBER.sub(".*", module)  # per-expert (or per-head) tensors: "experts.*.w1"
+            numbered = _numbers_as_stars(module)  # per-expert (or per-head) tensors: "experts.*.w1"
             role = self.layer.get(numbered) if numbered != module else None
         if role is not None:
             return BUCKETS[role], role, module
@@ -164,15 +161,17 @@ class Family(Record):
         return rest in self.buffers
 
 
-NUMBER = re.compile(r"\.\d+(?=\.|$)")
-EXPERT_NUMBER = re.compile(r"experts\.(\d+)(?:\.|$)")
-
-
-@functools.lru_cache(maxsize=4096)  # the same few names in every layer
 def expert_number(module: str) -> int | None:
     """"block_sparse_moe.experts.3.w1" -> 3; None for a stacked tensor (it holds every expert)."""
-    match = EXPERT_NUMBER.search(module)
-    return int(match.group(1)) if match else None
+    parts = module.split(".")
+    return next((int(number) for before, number in zip(parts, parts[1:])
+                 if before.endswith("experts") and number.isdecimal()), None)
+
+
+def _numbers_as_stars(module: str) -> str:
+    """"experts.3.w1" -> "experts.*.w1": the name per-expert (or per-head) tensors share."""
+    first, *rest = module.split(".")
+    return ".".join((first, *("*" if part.isdecimal() else part for part in rest)))
 
 
 def _module(name: str) -> str:

@@ -7,7 +7,6 @@ the family description's business (`prunescope.families`); nothing here names a 
 
 from __future__ import annotations
 
-import re
 
 from ..families.windows import attention_windows
 from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_prefix, first_architecture,
@@ -19,8 +18,9 @@ from ..records import Record
 from ..tensors import CheckpointError, TensorIndex, TensorInfo
 from .structure import AttentionStructure, LayerStructure, MlpStructure, ModelStructure
 
-# Buffers that state dicts of older transformers versions persisted; they are not parameters.
-BUFFER_NAME = re.compile(r"(?:^|\.)(?:inv_freq|masked_bias|position_ids|_float_tensor)$")
+# Buffers that state dicts of older transformers versions persisted (the last part of the name); they
+# are not parameters.
+BUFFER_NAMES = frozenset({"inv_freq", "masked_bias", "position_ids", "_float_tensor"})
 
 # head_dim sources (ModelStructure.head_dim_source); the pipeline asks whether one came from the base.
 CONFIG_HEAD_DIM = "config head_dim"
@@ -160,7 +160,7 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
     buffers: list[str] = []
     for tensor in index.tensors:
         if tensor.is_parameter is False or (tensor.is_parameter is None and (
-                BUFFER_NAME.search(tensor.name) or (family.buffers and _is_family_buffer(family, tensor.name)))):
+                tensor.name.rpartition(".")[2] in BUFFER_NAMES or (family.buffers and _is_family_buffer(family, tensor.name)))):
             buffers.append(tensor.name)
         elif tensor.alias_of is None:
             counted.append(tensor)
@@ -181,13 +181,20 @@ def _is_family_buffer(family: Family, name: str) -> bool:
     return bool(in_layer) and family.is_buffer(in_layer["rest"])
 
 
-QUANTIZED_TENSOR = re.compile(r"\.(?:qweight|qzeros|g_idx|scales|absmax|quant_map|quant_state\.[\w.]+|SCB|weight_format)$")
+# The last part of the names of packed low-bit weights and their codebooks (GPTQ, AWQ, bitsandbytes), and
+# bitsandbytes' ".quant_state.<kind>" tensors.
+QUANTIZED_TENSOR_PARTS = frozenset({"qweight", "qzeros", "g_idx", "scales", "absmax", "quant_map", "SCB", "weight_format"})
+
+
+def _is_packed(name: str) -> bool:
+    module, _, last = name.rpartition(".")
+    return bool(module) and last in QUANTIZED_TENSOR_PARTS or ".quant_state." in name
 
 
 def _refuse_quantized(index: TensorIndex, config: dict) -> None:
     """Packed low-bit weights have shapes that are not parameter counts: refuse, rather than report nonsense."""
     quantization = config.get("quantization_config")
-    packed = next((tensor.name for tensor in index.tensors if QUANTIZED_TENSOR.search(tensor.name)), None)
+    packed = next((tensor.name for tensor in index.tensors if _is_packed(tensor.name)), None)
     if quantization or packed:
         method = (quantization or {}).get("quant_method") if isinstance(quantization, dict) else None
         what = method or (packed and f"tensor {packed}")

@@ -18,6 +18,7 @@ from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
+HEAD = 64  # bytes the zero test looks at first
 EXPERT_SAMPLE = 512  # bytes of each expert's tensors in its fingerprint: enough to tell experts apart
 
 
@@ -39,7 +40,7 @@ def measure_layers(structure: ModelStructure, index: TensorIndex, files=None) ->
         names = sorted((name for name in layer.content_tensors if name not in layer.expert_tensors),
                        key=lambda name: _local_name(by_name[name]))
         per_layer.append((names, [codes.get(name, by_name[name]) for name in names]))
-    pages = iter(_first_pages([tensor for _, tensors in per_layer for tensor in tensors], files))
+    pages = _first_pages([tensor for _, tensors in per_layer for tensor in tensors], files)  # read as used
     layers = []
     for layer, (names, tensors) in zip(structure.layers, per_layer):
         first_pages = [next(pages) for _ in tensors]
@@ -137,7 +138,7 @@ def _fingerprint(tensors: list[TensorInfo], first_pages: list[bytes]) -> str:
     return f"{checksum:08x}"
 
 
-def _first_pages(tensors: list[TensorInfo], files) -> list[bytes]:
+def _first_pages(tensors: list[TensorInfo], files):
     wanted = []
     for tensor in tensors:
         ranges = tensor.byte_ranges()
@@ -146,18 +147,16 @@ def _first_pages(tensors: list[TensorInfo], files) -> list[bytes]:
     return _read_exact(files, wanted)
 
 
-def _read_exact(files, wanted: list[tuple[TensorInfo, tuple[str, int, int]]]) -> list[bytes]:
+def _read_exact(files, wanted: list[tuple[TensorInfo, tuple[str, int, int]]]):
     """The bytes of each (tensor, (file, offset, size)) request, asked for in one batch (empty ones are
-    not asked); a short read means the file is shorter than its header says."""
+    not asked) and handed on one by one; a short read means the file is shorter than its header says."""
     fetched = iter(files.read_ranges([request for _, request in wanted if request[2]]))
-    pages = []
     for tensor, (_, _, size) in wanted:
         page = next(fetched) if size else b""
         if len(page) != size:
             raise CheckpointError(tensor.file, f"truncated: {tensor.name} could not be read in full",
                                   "re-save or re-download it")
-        pages.append(page)
-    return pages
+        yield page
 
 
 def _is_all_zero(tensor: TensorInfo, files, first_page: bytes) -> bool:
@@ -171,7 +170,7 @@ def _is_all_zero(tensor: TensorInfo, files, first_page: bytes) -> bool:
             position += len(first_page)
         while position < end:
             size = min(CHUNK, end - position)
-            data = _read_exact(files, [(tensor, (tensor.file, position, size))])[0]
+            data = next(_read_exact(files, [(tensor, (tensor.file, position, size))]))
             if not _chunk_is_zero(data, itemsize, signed_float):
                 return False
             position += size
@@ -179,6 +178,9 @@ def _is_all_zero(tensor: TensorInfo, files, first_page: bytes) -> bool:
 
 
 def _chunk_is_zero(data: bytes, itemsize: int, signed_float: bool) -> bool:
+    # A real weight is decided by its first values: look at those before passing over the whole page.
+    if data[:HEAD].translate(None, b"\x00\x80" if signed_float else b"\x00"):
+        return False
     if data.count(0) == len(data):
         return True
     if not signed_float or data.translate(None, b"\x00\x80"):

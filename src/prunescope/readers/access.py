@@ -32,9 +32,11 @@ class LocalFiles:
         os.lseek(fd, offset, os.SEEK_SET)
         return os.read(fd, size)
 
-    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
-        """The bytes of each (path, offset, size), in order; shorter where a file ends early."""
-        return [self.read(path, offset, size) for path, offset, size in ranges]
+    def read_ranges(self, ranges: list[tuple[str, int, int]]):
+        """The bytes of each (path, offset, size), in order; shorter where a file ends early. Read as the
+        caller goes (an iterator): a remote batch arrives whole, but local bytes need not all be held at
+        once (the first pages of every tensor of a Mixtral-8x7B are 4 MB of fresh memory)."""
+        return (self.read(path, offset, size) for path, offset, size in ranges)
 
     def close(self) -> None:
         for fd in self._fds.values():

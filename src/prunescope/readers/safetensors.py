@@ -101,7 +101,7 @@ def read_safetensors_headers(paths: list[str], files, expected_tensors: dict[str
     possible: one per file, sized for the header its shard index announces (`expected_tensors`: the
     number of tensors per file; 64 KiB when not known), and a second one only for a longer header."""
     firsts = [(path, 0, min(_first_range(expected_tensors.get(path)), files.size(path))) for path in paths]
-    prefixes = files.read_ranges(firsts)
+    prefixes = list(files.read_ranges(firsts))
     header_sizes, more = [], []
     for path, prefix in zip(paths, prefixes):
         header_size = _header_length(path, prefix, files.size(path))
