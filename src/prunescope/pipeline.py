@@ -85,14 +85,25 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
     beside = os.path.join(os.path.dirname(paths[0]), "quantize_config.json") if paths else ""
     if beside and os.path.isfile(beside):
         paths.append(beside)
-    files = []
+    files, real_folders = [], {}
     for path in paths:
         try:
             info = os.stat(path)
-            files.append({"path": os.path.realpath(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
+            files.append({"path": _real_path(path, real_folders), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
         except OSError:
-            files.append({"path": os.path.realpath(path), "size": None, "mtime_ns": None})
+            files.append({"path": _real_path(path, real_folders), "size": None, "mtime_ns": None})
     return {"prunescope_version": __version__, "files": files, **({"origin": origin} if origin else {})}
+
+
+def _real_path(path: str, real_folders: dict[str, str]) -> str:
+    """os.path.realpath(path), each folder resolved once (a sharded model's files share one: resolving
+    every file walks the whole path again)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in real_folders:
+        real_folders[folder] = os.path.realpath(folder or os.curdir)
+    return os.path.join(real_folders[folder], name)
 
 
 def config_digest(config: dict | None) -> str | None:

@@ -5,6 +5,8 @@ Nothing here knows about model architectures; nothing here reads tensor data.
 
 from __future__ import annotations
 
+import functools
+
 from .records import Record
 
 
@@ -51,14 +53,11 @@ class TensorInfo(Record):
     # None for every other type (numel x itemsize).
     nbytes: int | None = None
 
-    @property
+    @functools.cached_property  # computed once: every stage asks, for every tensor
     def numel(self) -> int:
-        count = self.__dict__.get("_numel")  # computed once: every stage asks, for every tensor
-        if count is None:
-            count = 1
-            for size in self.shape:
-                count *= size
-            self.__dict__["_numel"] = count
+        count = 1
+        for size in self.shape:
+            count *= size
         return count
 
     @property

@@ -9,6 +9,8 @@ part of the names.
 
 from __future__ import annotations
 
+import functools
+
 from ..records import Record
 
 # -- roles inside a decoder layer ---------------------------------------------------------------
@@ -161,6 +163,7 @@ class Family(Record):
         return rest in self.buffers
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names in every layer
 def expert_number(module: str) -> int | None:
     """"block_sparse_moe.experts.3.w1" -> 3; None for a stacked tensor (it holds every expert)."""
     parts = module.split(".")

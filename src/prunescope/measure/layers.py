@@ -96,10 +96,11 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
 
     per_expert: dict[int, int] = {}
     wanted = []  # (expert, its label, tensor, (file, offset, size))
-    first = min((_local_name(by_name[name]) for name in expert_tensors), default=None)
+    local_names = {name: _local_name(by_name[name]) for name in expert_tensors}
+    first = min(local_names.values(), default=None)
     for name, number in expert_tensors.items():
         tensor = by_name[name]
-        local = _local_name(tensor)
+        local = local_names[name]
         if local != first:
             continue  # one tensor per expert (its gate, or stacked gate_up) identifies it: one read each
         ranges = [(tensor.offset, tensor.numel * tensor.itemsize)] if tensor.stride is None else tensor.byte_ranges()
@@ -123,7 +124,8 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
 
 def _local_name(tensor: TensorInfo) -> str:
     """e.g. "self_attn.q_proj.weight" -> "q_proj.weight": the same whatever the layer's number."""
-    return ".".join(tensor.name.split(".")[-2:])
+    name = tensor.name
+    return name[name.rfind(".", 0, name.rfind(".")) + 1:]  # after the second-to-last dot (the whole name if none)
 
 
 def _fingerprint(tensors: list[TensorInfo], first_pages: list[bytes]) -> str:

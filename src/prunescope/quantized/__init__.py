@@ -123,14 +123,16 @@ def _method(quant_config: dict, index: TensorIndex) -> str | None:
     if isinstance(method, str) and method:
         method = method.lower()
         return {"compressed_tensors": "compressed-tensors", "bnb": "bitsandbytes"}.get(method, method)
-    names = [tensor.name for tensor in index.tensors]
-    if any(name.endswith((".weight_packed", ".weight_shape")) or name.endswith(".bitmask") for name in names):
+    # Every name, each followed by a NUL: one substring search per telltale instead of a Python loop
+    # over a thousand names (names holding a NUL would only be misread as quantized, and refused).
+    names = "\0".join(tensor.name for tensor in index.tensors) + "\0"
+    if ".weight_packed\0" in names or ".weight_shape\0" in names or ".bitmask\0" in names:
         return "compressed-tensors"
-    if any(".quant_state.bitsandbytes__" in name or name.endswith(".SCB") for name in names):
+    if ".quant_state.bitsandbytes__" in names or ".SCB\0" in names:
         return "bitsandbytes"
-    if any(name.endswith(".weight_scale_inv") for name in names):
+    if ".weight_scale_inv\0" in names:
         return "fp8"
-    if any(name.endswith(".qweight") for name in names):
+    if ".qweight\0" in names:
         raise CheckpointError(index.files[0], "quantized checkpoint: packed `qweight` tensors without a quantization "
                                               "config, and GPTQ and AWQ pack them differently", "put the model's config.json (or "
                                                                        "quantize_config.json) beside the weights")

@@ -46,7 +46,7 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object", "the file is corrupt")
     data_start = 8 + header_size
-    tensors = []
+    tensors, spans = [], []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -56,12 +56,13 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
             raise CheckpointError(path, f"malformed header entry for {name!r}", "the file is corrupt") from None
         if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise CheckpointError(path, f"tensor {name!r} has unknown dtype {dtype!r}", "upgrade prunescope or report it")
-        if not all(type(size) is int and size >= 0 for size in shape):
-            raise CheckpointError(path, f"tensor {name!r} has an invalid shape {list(shape)}", "the file is corrupt")
+        expected = DTYPE_SIZES[dtype]
+        for size in shape:
+            if type(size) is not int or size < 0:
+                raise CheckpointError(path, f"tensor {name!r} has an invalid shape {list(shape)}", "the file is corrupt")
+            expected *= size
         if not (type(begin) is int and type(end) is int and 0 <= begin <= end):
             raise CheckpointError(path, f"tensor {name!r} has invalid data offsets {[begin, end]}", "the file is corrupt")
-        info = TensorInfo(name=name, dtype=dtype, shape=shape, file=path, offset=data_start + begin)
-        expected = info.numel * info.itemsize
         if end - begin != expected:
             raise CheckpointError(
                 path, f"header lies about {name!r}: shape {list(shape)} {dtype} needs {expected} bytes, "
@@ -70,29 +71,29 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
             raise CheckpointError(
                 path, f"truncated: {name!r} ends at byte {data_start + end} of a {file_size}-byte file",
                 "re-save or re-download it")
-        tensors.append(info)
-    _check_layout(path, tensors, data_start, file_size)
+        tensors.append(TensorInfo(name=name, dtype=dtype, shape=shape, file=path, offset=data_start + begin))
+        spans.append((begin, end, name))
+    _check_layout(path, spans, file_size - data_start)
     return tensors
 
 
-def _check_layout(path: str, tensors: list[TensorInfo], data_start: int, file_size: int) -> None:
-    """The safetensors library's own rule: sorted by offsets, the tensors' data covers the byte buffer
-    exactly, each tensor starting where the previous one ends. Overlapping tensors would alias each
-    other's bytes; a gap or trailing bytes carry data no tensor declares."""
+def _check_layout(path: str, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The safetensors library's own rule: sorted by offsets, the tensors' data (`spans`: begin, end and
+    name, in bytes after the header) covers the byte buffer exactly, each tensor starting where the
+    previous one ends. Overlapping tensors would alias each other's bytes; a gap or trailing bytes
+    carry data no tensor declares."""
     hint = "the safetensors format refuses such offsets; the file is corrupt or crafted"
-    previous, end = None, data_start
-    for info in sorted(tensors, key=lambda tensor: (tensor.offset, tensor.numel * tensor.itemsize)):
-        if info.offset < end:
-            raise CheckpointError(path, f"tensor {info.name!r} overlaps {previous.name!r}: it starts at data byte "
-                                        f"{info.offset - data_start}, before {previous.name!r} ends at {end - data_start}",
-                                  hint)
-        if info.offset > end:
-            raise CheckpointError(path, f"tensor {info.name!r} starts at data byte {info.offset - data_start}, leaving "
-                                        f"bytes {end - data_start}-{info.offset - data_start} to no tensor", hint)
-        end = info.offset + info.numel * info.itemsize
-        previous = info
-    if end != file_size:
-        raise CheckpointError(path, f"{file_size - end} bytes after the last tensor's data, which no tensor declares",
+    previous, end = None, 0
+    for begin, finish, name in sorted(spans):
+        if begin < end:
+            raise CheckpointError(path, f"tensor {name!r} overlaps {previous!r}: it starts at data byte {begin}, "
+                                        f"before {previous!r} ends at {end}", hint)
+        if begin > end:
+            raise CheckpointError(path, f"tensor {name!r} starts at data byte {begin}, leaving bytes {end}-{begin} "
+                                        "to no tensor", hint)
+        end, previous = finish, name
+    if end != data_size:
+        raise CheckpointError(path, f"{data_size - end} bytes after the last tensor's data, which no tensor declares",
                               hint)
 
 
