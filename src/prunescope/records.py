@@ -30,13 +30,18 @@ class Record:
     def __init__(self, *args, **kwargs):
         # Dict merges instead of a loop over the fields: readers build one record per tensor (a
         # Mixtral-8x7B header has a thousand), so this is on the header-only path's budget.
-        if len(args) > len(self._fields):
-            raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields, got {len(args)}")
-        values = dict(zip(self._fields, args)) if args else {}
-        if not self._field_names.issuperset(kwargs) or not values.keys().isdisjoint(kwargs):
-            wrong = next(name for name in kwargs if name not in self._field_names or name in values)
-            raise TypeError(f"{type(self).__name__}: unexpected or repeated field {wrong!r}")
-        values = {**self._defaults, **values, **kwargs}
+        if args:
+            if len(args) > len(self._fields):
+                raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields, got {len(args)}")
+            positional = dict(zip(self._fields, args))
+            if not positional.keys().isdisjoint(kwargs):
+                wrong = next(name for name in kwargs if name in positional)
+                raise TypeError(f"{type(self).__name__}: repeated field {wrong!r}")
+            kwargs.update(positional)
+        if not self._field_names.issuperset(kwargs):
+            wrong = next(name for name in kwargs if name not in self._field_names)
+            raise TypeError(f"{type(self).__name__}: unexpected field {wrong!r}")
+        values = {**self._defaults, **kwargs}
         if len(values) != len(self._fields):
             missing = next(name for name in self._fields if name not in values)
             raise TypeError(f"{type(self).__name__}: missing field {missing!r}")

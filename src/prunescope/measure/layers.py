@@ -11,6 +11,8 @@ in the base model, which is how removed layers are identified (full comparison w
 
 from __future__ import annotations
 
+import functools
+
 from ..interpret.structure import ModelStructure
 from ..readers.access import LocalFiles
 from ..quantized import BITMASK, BITMASK_24, BNB4, PACKED_ROWS, PLAIN, Encoded
@@ -35,17 +37,18 @@ def measure_layers(structure: ModelStructure, index: TensorIndex, files=None) ->
     by_name = {tensor.name: tensor for tensor in index.tensors}
     # A quantized weight is read as its stored codes (prunescope.quantized), in the logical one's place.
     codes = {name: item.data for name, item in index.encoded.items()}
+    stored = {**by_name, **codes} if codes else by_name
     per_layer = []
     for layer in structure.layers:
         names = sorted((name for name in layer.content_tensors if name not in layer.expert_tensors),
                        key=lambda name: _local_name(by_name[name]))
-        per_layer.append((names, [codes.get(name, by_name[name]) for name in names]))
+        per_layer.append((names, [stored[name] for name in names]))
     pages = _first_pages([tensor for _, tensors in per_layer for tensor in tensors], files)  # read as used
     layers = []
     for layer, (names, tensors) in zip(structure.layers, per_layer):
         first_pages = [next(pages) for _ in tensors]
         experts = layer.expert_tensors
-        expert_prints = _expert_fingerprints(experts, {**by_name, **codes}, files)
+        expert_prints = _expert_fingerprints(experts, stored, files) if experts else ()
         fingerprint = _fingerprint(tensors, first_pages)
         if expert_prints:  # an MoE layer: its experts enter the layer's fingerprint by theirs
             fingerprint = f"{zlib.crc32('|'.join(expert_prints).encode(), int(fingerprint, 16)):08x}"
@@ -113,12 +116,12 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
         size = min(share, EXPERT_SAMPLE)
         shape = tensor.shape[1:] if stacked else tensor.shape
         for expert in range(count):
-            wanted.append((expert if stacked else number, f"{local}|{tensor.dtype}|{shape}", tensor,
+            wanted.append((expert if stacked else number, _label(local, tensor.dtype, shape), tensor,
                            (tensor.file, start + expert * share, size)))
     # One batch of small reads (concurrent for a remote model).
     samples = _read_exact(files, [(tensor, request) for _, _, tensor, request in wanted])
     for (key, label, _, _), sample in zip(wanted, samples):
-        per_expert[key] = zlib.crc32(sample, zlib.crc32(label.encode(), per_expert.get(key, 0)))
+        per_expert[key] = zlib.crc32(sample, zlib.crc32(label, per_expert.get(key, 0)))
     return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
 
@@ -135,9 +138,14 @@ def _fingerprint(tensors: list[TensorInfo], first_pages: list[bytes]) -> str:
 
     checksum = 0
     for tensor, page in zip(tensors, first_pages):
-        checksum = zlib.crc32(f"{_local_name(tensor)}|{tensor.dtype}|{tensor.shape}".encode(), checksum)
+        checksum = zlib.crc32(_label(_local_name(tensor), tensor.dtype, tensor.shape), checksum)
         checksum = zlib.crc32(page, checksum)
     return f"{checksum:08x}"
+
+
+@functools.lru_cache(maxsize=1024)  # every layer (and expert) repeats the same few
+def _label(local_name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    return f"{local_name}|{dtype}|{shape}".encode()
 
 
 def _first_pages(tensors: list[TensorInfo], files):
