@@ -111,12 +111,13 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
             continue  # a symlink loop, or the same folder reached twice
         seen.add(real)
         try:
-            names = sorted(os.listdir(folder))
+            listing = _listing(folder)
         except PermissionError:
             if folder == root:
                 raise
             continue
-        files = [name for name in names if os.path.isfile(os.path.join(folder, name))]
+        names = [entry.name for entry in listing]
+        files = [entry.name for entry in listing if _is(entry.is_file)]
         config = _model_config(folder, files)
         saw_config = saw_config or config is not None
         saw_results = saw_results or any(_looks_like_results(folder, name) for name in files if name.endswith(".json"))
@@ -133,9 +134,8 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
             if checkpoint is not None:
                 checkpoints.append(checkpoint)
         if depth < MAX_DEPTH:
-            pending.extend((os.path.join(folder, name), depth + 1) for name in names
-                           if name not in IGNORED_DIRS and not name.startswith(".")
-                           and os.path.isdir(os.path.join(folder, name)))
+            pending.extend((entry.path, depth + 1) for entry in listing
+                           if entry.name not in IGNORED_DIRS and not entry.name.startswith(".") and _is(entry.is_dir))
     if saw_adapter:
         reason = "a PEFT/LoRA adapter only (no model weights): analyse the merged model"
     elif saw_results:
@@ -157,17 +157,32 @@ def _odd_files(root: str) -> list[tuple[str, str]]:
             continue
         seen.add(os.path.realpath(folder))
         try:
-            names = sorted(os.listdir(folder))
+            listing = _listing(folder)
         except OSError:
             continue
-        for name in names:
-            path = os.path.join(folder, name)
-            if os.path.isdir(path):
+        for entry in listing:
+            name, path = entry.name, entry.path
+            if _is(entry.is_dir):
                 if depth < MAX_DEPTH and name not in IGNORED_DIRS and not name.startswith("."):
                     pending.append((path, depth + 1))
-            elif name.endswith(TORCH_SUFFIXES + (".safetensors", ".json")) and not os.path.isfile(path):
+            elif name.endswith(TORCH_SUFFIXES + (".safetensors", ".json")) and not _is(entry.is_file):
                 odd.append((path, non_regular_kind(path) or "not a regular file"))
     return odd
+
+
+def _listing(folder: str) -> list[os.DirEntry]:
+    """A folder's entries by name. os.scandir knows from the listing itself what each entry is, where
+    os.path.isfile would ask the file system once per file (a 19-shard model: 60 questions)."""
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _is(test) -> bool:
+    """entry.is_file / entry.is_dir as os.path.isfile / isdir answer: symlinks followed, False on any error."""
+    try:
+        return test()
+    except OSError:
+        return False
 
 
 def _hf_weights(folder: str, files: list[str]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from .compute import ComputeOptions, compute
 from .discover import Checkpoint, ModelEntry, examine
 from .locate import Location, hf_cache_origin, in_hf_cache, locate
 from .quantized import PLAIN, decode_quantization
-from .readers import read_tensor_index, shard_paths
+from .readers import local_weight_files, read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
 from .console import structure_summary
 from .interpret import ModelStructure, describe_slicing, interpret
@@ -67,14 +67,17 @@ def load_config(path: str | None, files=None) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def fingerprint(checkpoint: Checkpoint) -> dict:
-    """Sizes and modification times of every file the analysis reads; for a model in a Hugging Face
-    cache or on remote storage also where it comes from (repo and commit, URL and file sizes)."""
+def fingerprint(checkpoint: Checkpoint, shards: list[str] | None = None) -> dict:
+    """Sizes and modification times of every file the analysis reads (`shards`: the weight files with
+    shard indexes resolved, when the caller has them); for a model in a Hugging Face cache or on remote
+    storage also where it comes from (repo and commit, URL and file sizes)."""
     origin = checkpoint.origin or hf_cache_origin(checkpoint.path)
     if checkpoint.origin is not None:
         return {"prunescope_version": __version__, "origin": origin}
     paths = list(checkpoint.weight_files)
-    for path in checkpoint.weight_files:
+    if shards is not None:
+        paths += [path for path in shards if path not in checkpoint.weight_files]
+    for path in checkpoint.weight_files if shards is None else ():
         if path.endswith(".index.json"):
             try:
                 paths += shard_paths(path)
@@ -152,15 +155,18 @@ def scan_options(device: str, executor: str = "local", address: str | None = Non
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
                        scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
-    source = {**fingerprint(checkpoint), "base_config": config_digest(base_config)}
-    files = None
+    files, weight_files = None, checkpoint.weight_files
     if checkpoint.origin is not None:  # remote: small files first, in one batch
         from .locate.remote import open_remote
 
         files = open_remote(checkpoint.origin)
         files.preload(path for path in (checkpoint.config_file, *checkpoint.weight_files)
                       if path and path.endswith(".json"))
-    index = choose_model_reading(read_tensor_index(checkpoint.weight_files, files))
+    else:
+        weight_files = local_weight_files(weight_files)  # a shard index read once, for both uses
+    source = {**fingerprint(checkpoint, weight_files if files is None else None),
+              "base_config": config_digest(base_config)}
+    index = choose_model_reading(read_tensor_index(weight_files, files))
     config = load_config(checkpoint.config_file, files) or index.embedded_config
     index = decode_quantization(index, config)
     try:

@@ -38,14 +38,14 @@ class Record:
                 wrong = next(name for name in kwargs if name in positional)
                 raise TypeError(f"{type(self).__name__}: repeated field {wrong!r}")
             kwargs.update(positional)
-        if not self._field_names.issuperset(kwargs):
-            wrong = next(name for name in kwargs if name not in self._field_names)
-            raise TypeError(f"{type(self).__name__}: unexpected field {wrong!r}")
-        values = {**self._defaults, **kwargs}
-        if len(values) != len(self._fields):
+        values = self.__dict__
+        values.update(self._defaults, **kwargs)
+        if len(values) != len(self._fields) or not self._field_names.issuperset(kwargs):
+            wrong = next((name for name in kwargs if name not in self._field_names), None)
+            if wrong is not None:
+                raise TypeError(f"{type(self).__name__}: unexpected field {wrong!r}")
             missing = next(name for name in self._fields if name not in values)
             raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
-        self.__dict__.update(values)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable; use .replace()")

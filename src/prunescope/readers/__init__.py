@@ -14,12 +14,18 @@ def read_tensor_index(weight_files: tuple[str, ...] | list[str], files=None) -> 
     `files` is a remote model's file access (readers/access.py); local files are read directly."""
     if files is not None and files.remote:
         return _read_remote(weight_files, files)
-    paths = []
-    for path in weight_files:
-        paths.extend(_resolve_index(path) if path.endswith(".index.json") else [path])
+    paths = local_weight_files(weight_files)
     if not paths:
         raise CheckpointError(",".join(weight_files) or "?", "no weight files", "nothing to analyse")
     return _joined([_read_one(path) for path in paths])
+
+
+def local_weight_files(weight_files: tuple[str, ...] | list[str]) -> list[str]:
+    """The files holding the tensors: a shard index's shards (each checked to exist) in its place."""
+    paths = []
+    for path in weight_files:
+        paths.extend(_resolve_index(path) if path.endswith(".index.json") else [path])
+    return paths
 
 
 def _joined(indexes: list[TensorIndex]) -> TensorIndex:
