@@ -167,7 +167,7 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
     aliases = {tensor.name: tensor.alias_of for tensor in index.tensors if tensor.alias_of}
     # When a tied lm_head came first in the file (sorted state dicts), count the tensor as the
     # embedding and the lm_head as its alias, which is how every model ties them.
-    by_name = {tensor.name: tensor for tensor in index.tensors}
+    by_name = {tensor.name: tensor for tensor in index.tensors} if aliases else {}
     for name, target in list(aliases.items()):
         if _is_embedding_weight(family, name) and family.outside_role(target) == LM_HEAD:
             embedding = by_name[name].replace(alias_of=None)

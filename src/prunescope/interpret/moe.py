@@ -38,7 +38,7 @@ def routed_experts(placed, family: Family) -> Experts | None:
             parts[part] = parts.get(part, 0) + numel // len(shares)
         if number is not None:  # one expert's tensor: [out, in] like nn.Linear
             per_expert[number] = per_expert.get(number, 0) + numel
-            if len(tensor.shape) == 2:
+            if number not in widths and len(tensor.shape) == 2:  # the expert's first weight tells
                 width = _width(role, tensor.shape[0], tensor.shape[1])
                 if width is not None:
                     widths.setdefault(number, width)
