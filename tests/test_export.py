@@ -418,6 +418,9 @@ def test_gguf_llama31_rope_scaling(tmp_path):
     builders.prune_structurally(model, {0: (4, 2, 50), 2: (2, 1, 96)})
     model.save_pretrained(tmp_path / "source")
     assert export(tmp_path / "source", "--to", "gguf", "--output", tmp_path / "model.gguf") == 0
+    # rope_freqs is computed from the config: a buffer, not one of the model's parameters
+    structure = inspected(tmp_path / "model.gguf")
+    assert structure["total_params"] == model.num_parameters() and structure["buffers"] == ["rope_freqs.weight"]
     assert relative_difference(llama_cpp_logits(tmp_path / "model.gguf"), logits_of(model)) <= TOLERANCE
 
 

@@ -33,7 +33,7 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("stacked_moe", "GRANITE_MOE", ("granitemoe",)),
     ("stacked_moe", "GPT_OSS", ("gpt_oss",)),
     ("stacked_moe", "LLAMA4", ("llama4_text",)),
-    ("gguf", "FAMILY", ("deci",)),
+    ("gguf", "FAMILY", ("deci", "gptneox", "phi2", "qwen2moe", "deepseek2")),
 )
 SUPPORTED_MODEL_TYPES = tuple(model_type for _, _, model_types in REGISTRY for model_type in model_types)
 
@@ -57,7 +57,7 @@ def choose_family(config: dict, module_classes: dict[str, str], tensor_names) ->
     0) a GGUF file's header (the reader marks it), 1) config.json's model_type, 2) its architectures, 3) the class a pickled module was saved as,
     4) else the family whose table names most of the layers' tensors (Llama's when none does)."""
     if config.get("format") == "gguf":  # llama.cpp's names, whatever architecture the header names
-        return load_family("gguf")
+        return load_family("gguf", "family_of")(config.get("model_type"))
     by_model_type = {model_type: (module, attribute) for module, attribute, model_types in REGISTRY
                      for model_type in model_types}
     model_type = config.get("model_type")

@@ -101,6 +101,7 @@ class Family(Record):
     layer: dict[str, str]  # module inside a decoder layer -> role
     attention: str = "self_attn"  # the attention module; unknown tensors under it are attention_other
     mlp: str = "mlp"  # the MLP module; unknown tensors under it are mlp_other
+    separator: str = "."  # what follows those modules' names: "self_attn.q_proj"; GGUF's flat "attn_q" has "_"
     outside: dict[str, str] = OUTSIDE  # module name part outside the layers -> role
     fused: dict[str, Fused] = FUSED  # fused role -> its parts
     # Fused layouts chosen by the config: ((config key, value, {fused role: Fused}), ...), first match wins.
@@ -108,7 +109,8 @@ class Family(Record):
     config_keys: dict[str, tuple[str, ...]] = CONFIG_KEYS
     transposed: tuple[str, ...] = ()  # modules whose weights are stored [in, out] (GPT-2's Conv1D)
     stacked: Stacked = Stacked()  # how this family's stacked experts tensors are laid out
-    buffers: tuple[str, ...] = ()  # names relative to a layer of buffers older files carry (not parameters)
+    # Buffers older files carry (not parameters): names relative to a layer, or whole names outside the layers.
+    buffers: tuple[str, ...] = ()
     # head_dim as a sum of config keys, when the family's config.head_dim means something else (DeepSeek).
     head_dim_sum: tuple[str, ...] = ()
     # Linear layers outside the decoder stack that every token passes through besides the LM head (their
@@ -124,9 +126,9 @@ class Family(Record):
             role = self.layer.get(numbered) if numbered != module else None
         if role is not None:
             return BUCKETS[role], role, module
-        if module.startswith(self.attention + "."):
+        if module.startswith(self.attention + self.separator):
             return "attention_other", None, module
-        if module.startswith(self.mlp + "."):
+        if module.startswith(self.mlp + self.separator):
             return "mlp_other", None, module
         if module.split(".", 1)[0].endswith("norm"):
             return "norm", NORM, module
@@ -140,15 +142,20 @@ class Family(Record):
                 return self.outside[part]
         return FINAL_NORM if len(parts) >= 2 and parts[-1].endswith("norm") else None
 
-    def config_value(self, config: dict, size: str):
-        """A size from config.json by its meaning ("heads", "intermediate", ...): an int, or None."""
-        key = self.config_key(config, size)
-        return None if key is None else config[key]
+    def config_value(self, config: dict, size: str, layer: int | None = None):
+        """A size from config.json by its meaning ("heads", "intermediate", ...): an int, or None. With
+        `layer`, a list of per-layer sizes (a GGUF header's head_count of a pruned model) gives that layer's."""
+        key = self.config_key(config, size, layer)
+        if key is None:
+            return None
+        return config[key][layer] if isinstance(config[key], list) else config[key]
 
-    def config_key(self, config: dict, size: str) -> str | None:
+    def config_key(self, config: dict, size: str, layer: int | None = None) -> str | None:
         """Which key of config.json gives that size (mismatch reports name the key the file uses)."""
         for key in self.config_keys.get(size, CONFIG_KEYS.get(size, ())):
             value = config.get(key)
+            if isinstance(value, list) and layer is not None and 0 <= layer < len(value):
+                value = value[layer]
             if isinstance(value, int) and not isinstance(value, bool):
                 return key
         return None
@@ -165,10 +172,9 @@ class Family(Record):
 
 @functools.lru_cache(maxsize=4096)  # the same few names in every layer
 def expert_number(module: str) -> int | None:
-    """"block_sparse_moe.experts.3.w1" -> 3; None for a stacked tensor (it holds every expert)."""
-    parts = module.split(".")
-    return next((int(number) for before, number in zip(parts, parts[1:])
-                 if before.endswith("experts") and number.isdecimal()), None)
+    """"block_sparse_moe.experts.3.w1" -> 3 (and GGUF's legacy "ffn_gate.3" -> 3): the number in a per-expert
+    tensor's name; None for a stacked tensor (it holds every expert)."""
+    return next((int(part) for part in module.split(".")[1:] if part.isdecimal()), None)
 
 
 def _numbers_as_stars(module: str) -> str:

@@ -178,7 +178,7 @@ def _parameters(index: TensorIndex, family: Family) -> tuple[list[TensorInfo], l
 
 def _is_family_buffer(family: Family, name: str) -> bool:
     in_layer = LAYER_NAME.match(name)
-    return bool(in_layer) and family.is_buffer(in_layer["rest"])
+    return family.is_buffer(in_layer["rest"] if in_layer else name)
 
 
 # The last part of the names of packed low-bit weights and their codebooks (GPTQ, AWQ, bitsandbytes), and
@@ -366,6 +366,9 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     num_heads, num_kv_heads = heads(Q), heads(K)
     if mla is not None:  # no single k or v projection; kv_b_proj expands the latent into every head
         num_heads = num_kv_heads = mla.pop("num_heads")
+        kv_b_shape = mla.pop("kv_b_shape")
+        if kv_b_shape and "mla.kv_b_proj" not in weight_shapes:  # GGUF's k_b/v_b: kv_b_proj's (out, in)
+            weight_shapes["mla.kv_b_proj"] = kv_b_shape
         q = q if Q in projections else None
         k = v = None
     attention = AttentionStructure(
@@ -493,8 +496,8 @@ def _qkv_ranges(split, total_rows, head_dim, config, family, layer_idx, notes):
                      for head in range(slots // 3) for part, role in enumerate((Q, K, V)))
     if split == MULTI_QUERY:  # [q heads | k | v]
         return _blocks(((Q, slots - 2), (K, 1), (V, 1)), head_dim) if slots > 2 else None
-    heads = family.config_value(config, "heads")
-    kv_heads = _configured_kv_heads(config, family)
+    heads = family.config_value(config, "heads", layer_idx)
+    kv_heads = _configured_kv_heads(config, family, layer_idx)
     if split == PER_KV_GROUP:  # [q x G, k, v] for each KV group
         if heads and kv_heads and heads % kv_heads == 0 and slots % (heads // kv_heads + 2) == 0:
             group = heads // kv_heads
@@ -612,18 +615,20 @@ def _fits_config(stack: DecoderStack, config: dict, family: Family, head_dim: in
     return True
 
 
-def _configured_kv_heads(config: dict, family: Family) -> int | None:
+def _configured_kv_heads(config: dict, family: Family, layer: int | None = None) -> int | None:
     """KV heads as the config means them: one in a multi-query layout (Falcon-7B's num_kv_heads says
-    nothing), else num_key_value_heads (or its family's name), else the heads."""
+    nothing), else num_key_value_heads (or its family's name), else the heads; with `layer`, that layer's
+    where the config lists them per layer."""
     fused = family.fused_layout(config).get(QKV)
     if fused is not None and fused.split == MULTI_QUERY:
         return 1
-    kv_heads = family.config_value(config, "kv_heads")
-    return kv_heads if kv_heads is not None else family.config_value(config, "heads")
+    kv_heads = family.config_value(config, "kv_heads", layer)
+    return kv_heads if kv_heads is not None else family.config_value(config, "heads", layer)
 
 
 def _ratio(config: dict, family: Family) -> int | None:
-    hidden, heads = family.config_value(config, "hidden"), family.config_value(config, "heads")
+    """hidden / heads; heads given per layer (a GGUF header) count by the first layer's, as llama.cpp takes them."""
+    hidden, heads = family.config_value(config, "hidden"), family.config_value(config, "heads", 0)
     if hidden is not None and heads and hidden % heads == 0:
         return hidden // heads
     return None

@@ -4,7 +4,8 @@ file and parses the header; no tensor data is read here.
 
 GGUF lists a tensor's dimensions innermost first; the logical shape is the reverse (rows first), as
 transformers and the other readers give it. Quantized GGML types (Q4_K, ...) are counted by their
-logical elements; their byte size comes from the file.
+logical elements; their byte size comes from the file. A GGUF file does not say which tensors are
+parameters: llama.cpp's precomputed RoPE factors (`rope_freqs`) are not, and the family table says so.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def read_gguf_file(path: str) -> TensorIndex:
         kind = tensor.tensor_type.name
         shape = tuple(int(size) for size in reversed(tensor.shape.tolist()))
         tensors.append(TensorInfo(name=tensor.name, dtype=PLAIN_TYPES.get(kind, kind), shape=shape, file=path,
-                                  offset=int(tensor.data_offset), nbytes=int(tensor.n_bytes), is_parameter=True))
+                                  offset=int(tensor.data_offset), nbytes=int(tensor.n_bytes)))
     return TensorIndex(format="gguf", files=(path,), tensors=tuple(tensors), embedded_config=metadata)
 
 
