@@ -5,8 +5,12 @@ The JSON files keep exact values; this module only words them.
 
 from __future__ import annotations
 
-from .compare import Comparison
 from .interpret.structure import ModelStructure
+
+TYPE_CHECKING = False  # typing's flag without importing typing: `compare` loads only with --base_model
+if TYPE_CHECKING:
+    from .compare import Comparison
+
 
 def human(count: int | None) -> str:
     """1234567 -> '1.23M': for people; the JSON keeps exact integers."""

@@ -9,7 +9,6 @@ import json
 import os
 
 from . import __version__
-from .compare import Comparison
 from .compute import ComputeOptions, compute
 from .discover import Checkpoint, ModelEntry, examine
 from .locate import Location, hf_cache_origin, in_hf_cache, locate
@@ -17,13 +16,17 @@ from .quantized import PLAIN, decode_quantization
 from .readers import local_weight_files, read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
 from .console import structure_summary
-from .interpret import ModelStructure, describe_slicing, interpret
+from .interpret import ModelStructure, interpret
 from .interpret.interpret import FROM_BASE, UNKNOWN
 from .measure.layers import measure_layers
 from .schema import (COMPARISON_FILE, STRUCTURE_FILE, SUMMARY_FILE, comparison_to_dict, structure_from_dict,
                      structure_to_dict)
 from .tensors import CheckpointError, SecurityFinding
 from .records import Record
+
+TYPE_CHECKING = False  # typing's flag without importing typing: `compare` loads only with --base_model
+if TYPE_CHECKING:
+    from .compare import Comparison
 
 
 class ModelAnalysis(Record):
@@ -183,6 +186,8 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
             bits_per_param=round(structure.quantization.storage_bytes * 8 / structure.total_params, 4)))
     if checkpoint.kind == "slicegpt":
         slicing = load_config(checkpoint.slicing_config) or {}
+        from .interpret.slicing import describe_slicing  # SliceGPT only
+
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
     structure = measure_layers(structure, index, files)
     if scan is not None:

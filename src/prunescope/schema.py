@@ -6,11 +6,14 @@ Nothing here knows about checkpoint file formats; see atomic.py for how files ar
 
 from __future__ import annotations
 
-from .compare import Change, Comparison, ExpertMatching
 from .quantized import Quantization
 from .compute import CONVENTION, ComputeOptions, LayerCompute, ModelCompute, PassFlops
 from .interpret.structure import (AttentionStructure, LayerContents, LayerStructure, MlpStructure, ModelContents,
                                   ModelStructure)
+
+TYPE_CHECKING = False  # typing's flag without importing typing: `compare` loads only with --base_model
+if TYPE_CHECKING:
+    from .compare import Change, Comparison, ExpertMatching
 
 # Per model, in <model>/analysis/ (or <output_dir>/<model>/analysis/):
 STRUCTURE_FILE = "model_structure.json"

@@ -6,7 +6,6 @@ what SliceGPT's slicing configuration adds.
 """
 
 from .interpret import interpret
-from .slicing import describe_slicing
 from .structure import ModelStructure
 
-__all__ = ["ModelStructure", "describe_slicing", "interpret"]
+__all__ = ["ModelStructure", "interpret"]  # `slicing` is imported where a SliceGPT checkpoint is read

@@ -83,7 +83,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         notes.append(f"no attention or MLP tensor of a known family found ({model_type or 'no model_type'}): "
                      "everything is counted in `other`; totals stay exact (supported: "
                      + ", ".join(SUPPORTED_MODEL_TYPES) + ")")
-    head_dim, head_dim_source = _head_dim(config, base_config, stack, family, index, notes)
+    head_dim, head_dim_source = _head_dim(config, base_config, stack, family, index, buffers, notes)
     prefix = class_prefix(first_architecture(config)) or family.model_types.get(model_type) or \
         class_prefix(short_class(index.module_classes.get("")))
     names: dict[str, str] = {}
@@ -232,7 +232,7 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
             place = places.get(rest)
             if place is None:
                 place = places[rest] = family.place(rest)
-            layers.setdefault(int(index), []).append((rest, tensor, *place))
+            layers.setdefault(int(index), []).append((rest, tensor) + place)
         else:
             outside.append(tensor)
     return DecoderStack(prefix=prefix, layers=layers, outside=tuple(outside))
@@ -320,9 +320,17 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     weights: dict[str, tuple[int, ...]] = {}  # role -> weight shape, as [out, in]
     modules: dict[str, str] = {}  # role -> the tensor's full name without .weight/.bias
     transposed = []
-    for rest, tensor, bucket, role, module in tensors:
+    roles: dict[str, tuple[str, str | None]] = {}  # full name -> (bucket, role)
+    routed, others = [], []  # the routed experts' tensors (most of an MoE layer's), and the rest
+    for placed in tensors:
+        rest, tensor, bucket, role, module = placed
         numel = tensor.numel
         buckets[bucket] += numel
+        roles[tensor.name] = (bucket, role)
+        if bucket == "experts":
+            routed.append(placed)
+            continue
+        others.append(placed)
         if bucket in ("attention", "mlp"):
             projections[role] = projections.get(role, 0) + numel
             modules[role] = module
@@ -345,7 +353,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
         name = f"{stack.prefix}.{layer_idx}.{modules[fused]}.weight"
         if parts and fused in weights and name not in transposed:
             fused_rows[name] = parts
-    weight_shapes = _weight_shapes(weights, rows, tensors, fused_layout)
+    weight_shapes = _weight_shapes(weights, rows, others, fused_layout)
 
     def heads(projection: str) -> int | None:
         if projection not in rows:
@@ -387,7 +395,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     if buckets["experts"]:  # Mixture-of-Experts; its module loads only for such models
         from .moe import routed_experts
 
-        experts = routed_experts(tensors, family)
+        experts = routed_experts(routed, family)
     if experts is None:
         mlp = MlpStructure(
             type=mlp_type, total=mlp_total,
@@ -404,7 +412,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
             other=buckets["mlp_other"], num_experts=experts.count, router=buckets["router"],
             experts=buckets["experts"], shared_experts=buckets["shared_experts"],
             expert_intermediate_size=widths[0] if len(widths) == 1 else list(experts.intermediate))
-        _check_router(tensors, experts.count, layer_idx, notes)
+        _check_router(others, experts.count, layer_idx, notes)
     widths = {}
     if buckets["shortcut"]:
         widths = {"attention_input": _columns(weights, (Q, QKV)),
@@ -415,7 +423,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     layer = LayerStructure(
         layer_idx=layer_idx, total=total, attention=attention, mlp=mlp, norm=buckets["norm"],
         other=buckets["other"], shortcut=buckets["shortcut"], widths=widths, weight_shapes=weight_shapes,
-        tensor_roles={tensor.name: (bucket, role) for _, tensor, bucket, role, _ in tensors},
+        tensor_roles=roles,
         fused_rows=fused_rows, expert_tensors=experts.tensors if experts else {}, transposed=tuple(transposed))
     return layer, residual_width
 
@@ -427,7 +435,7 @@ def _check_router(tensors, experts: int, layer_idx: int, notes: list[str]) -> No
         if bucket == "router" and is_weight(rest) and tensor.shape and tensor.shape[0] != experts:
             notes.append(f"layer {layer_idx}: the router scores {tensor.shape[0]} experts, the file holds {experts}")
 def _weight_shapes(weights, rows, tensors, fused_layout: dict) -> dict[str, tuple[int, int]]:
-    """(out, in) of each projection's weight by its schema name, a fused weight's parts with their own
+    """(out, in) of each projection's weight (`tensors`: the layer's, routed experts' aside) by its schema name, a fused weight's parts with their own
     rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names; in MoE layers
     the router's (`router`) and each shared-expert weight's (`shared_experts.<module>`). Routed experts'
     sizes are the MLP's `expert_intermediate_size`."""
@@ -438,7 +446,7 @@ def _weight_shapes(weights, rows, tensors, fused_layout: dict) -> dict[str, tupl
     shapes = {role: (rows[role], stored[role][1]) for role in ATTENTION_PROJECTIONS + MLP_PROJECTIONS
               if role in stored and len(stored[role]) == 2 and rows.get(role) is not None}
     for rest, tensor, bucket, role, module in tensors:
-        if bucket == "experts" or len(tensor.shape) != 2:  # routed experts: by expert_intermediate_size
+        if len(tensor.shape) != 2:
             continue
         if bucket == "shortcut":  # SliceGPT's attn_shortcut_Q / mlp_shortcut_Q: no .weight suffix
             shapes[module] = tuple(tensor.shape)
@@ -530,7 +538,11 @@ def _blocks(parts, head_dim: int, start: int = 0) -> tuple:
 # -- 4) head_dim ------------------------------------------------------------------------------
 
 
-def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: TensorIndex, notes) -> tuple[int | None, str]:
+HEAD_ROLES = frozenset({Q, QKV, K, Q_NORM, "q_b_proj"})
+
+
+def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: TensorIndex, buffers: list[str],
+              notes) -> tuple[int | None, str]:
     """The first candidate that divides every layer's q and k rows, in order of trust: what a file
     states or measures (head_dim, per-head q/k norm widths, rotary frequencies) before ratios of sizes.
     A base model's config counts only when it is of the same family and width as this one."""
@@ -539,11 +551,14 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
     if parts and all(isinstance(part, int) and not isinstance(part, bool) for part in parts):  # DeepSeek
         candidates.append((sum(parts), CONFIG_HEAD_DIM_SUM + "+".join(family.head_dim_sum)))
     candidates.append((family.config_value(config, "head_dim"), CONFIG_HEAD_DIM))
-    q_norm = _per_head_norm(stack)
+    # The few tensors that speak for heads, per layer (in an MoE layer, most tensors are experts').
+    head_tensors = [[placed for placed in tensors if placed[3] in HEAD_ROLES] for tensors in stack.layers.values()]
+    q_norm = _per_head_norm(head_tensors)
     if q_norm is not None:
         candidates.append((q_norm, Q_NORM_SHAPE))
     if (config.get("partial_rotary_factor") or 1) == 1:  # partial rotary: inv_freq covers part of a head
-        inv_freq = next((tensor for tensor in index.tensors if tensor.name.endswith("inv_freq") and tensor.shape), None)
+        inv_freq = next((tensor for tensor in index.tensors if tensor.name.endswith("inv_freq") and tensor.shape),
+                        None) if buffers else None  # a buffer wherever a file holds it
         if inv_freq is not None:
             candidates.append((2 * inv_freq.shape[0], ROTARY_LENGTH))
     if base_config and _same_kind(base_config, config, family, stack):
@@ -553,7 +568,7 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
         notes.append("the base model's config is not used for head_dim: it is of another family or width")
     candidates.append((_ratio(config, family), CONFIG_RATIO))
     weights = [(role, tensor.shape[::-1] if module in family.transposed else tensor.shape)
-               for tensors in stack.layers.values() for rest, tensor, _, role, module in tensors
+               for tensors in head_tensors for rest, tensor, _, role, module in tensors
                if role in (Q, QKV, K, "q_b_proj") and is_weight(rest) and tensor.shape]
     rows = [shape[0] for role, shape in weights if role != K] + [shape[0] for role, shape in weights if role == K]
     rejected = []
@@ -562,7 +577,7 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
             if all(row % value == 0 for row in rows):
                 if rejected:
                     notes.append(f"head_dim from {source}; rejected {', '.join(rejected)} (does not divide the q/k rows)")
-                if source == CONFIG_RATIO and not _fits_config(stack, config, family, value):
+                if source == CONFIG_RATIO and not _fits_config(head_tensors, config, family, value):
                     # hidden/heads is right for an unpruned config; with pruned, updated head counts it
                     # is not (hidden_size stays), and a stale config cannot say which.
                     notes.append(f"head_dim {value} is a guess from hidden_size/num_attention_heads, which pruning "
@@ -573,11 +588,11 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
     return None, UNKNOWN
 
 
-def _per_head_norm(stack: DecoderStack) -> int | None:
+def _per_head_norm(head_tensors: list[list[Placed]]) -> int | None:
     """The width of a q norm that normalises each head on its own ([head_dim], as in Qwen3, Gemma-3 and
     StableLM). A norm as wide as its layer's q projection (OLMo-2, OLMoE) spans every head and says
     nothing about head_dim."""
-    for tensors in stack.layers.values():
+    for tensors in head_tensors:
         q_rows = next((tensor.shape[0] for rest, tensor, _, role, _ in tensors
                        if role in (Q, QKV) and is_weight(rest) and tensor.shape), None)
         for rest, tensor, _, role, _ in tensors:
@@ -599,11 +614,11 @@ def _same_kind(base_config: dict, config: dict, family: Family, stack: DecoderSt
     return base_hidden is None or outside_width is None or base_hidden == outside_width
 
 
-def _fits_config(stack: DecoderStack, config: dict, family: Family, head_dim: int) -> bool:
+def _fits_config(head_tensors: list[list[Placed]], config: dict, family: Family, head_dim: int) -> bool:
     """Whether every layer's q (or fused qkv) rows are what the config's head counts say."""
     heads = family.config_value(config, "heads")
     kv_heads = _configured_kv_heads(config, family)
-    for tensors in stack.layers.values():
+    for tensors in head_tensors:
         for rest, tensor, _, role, module in tensors:
             if role not in (Q, QKV) or not is_weight(rest) or heads is None or not tensor.shape:
                 continue
