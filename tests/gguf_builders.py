@@ -230,19 +230,28 @@ def mixtral(model, per_expert: bool = False) -> Converted:
     return Converted("LLAMA", tensors, header, per_expert_tensors)
 
 
+def _stacked_experts(name: str, tensor, tensors: dict) -> bool:
+    """transformers' stacked mlp.experts.gate_up_proj / down_proj as the converters name them before
+    mapping (gate_proj.weight, up_proj.weight, down_proj.weight, each [experts, out, in]); False for other
+    tensors."""
+    if name.endswith("mlp.experts.gate_up_proj"):
+        gate, up = tensor.chunk(2, dim=1)
+        tensors[name.replace("gate_up_proj", "gate_proj.weight")] = gate
+        tensors[name.replace("gate_up_proj", "up_proj.weight")] = up
+        return True
+    if name.endswith("mlp.experts.down_proj"):
+        tensors[name + ".weight"] = tensor
+        return True
+    return False
+
+
 def qwen2_moe(model) -> Converted:
     """conversion/qwen.py Qwen2MoeModel: experts stacked as mlp.experts.{gate,up,down}_proj; the shared
     expert and its gate as they are; expert and shared-expert widths in their own keys."""
     config = model.config
     tensors = {}
     for name, tensor in parameters(model).items():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            gate, up = tensor.chunk(2, dim=1)
-            tensors[name.replace("gate_up_proj", "gate_proj.weight")] = gate
-            tensors[name.replace("gate_up_proj", "up_proj.weight")] = up
-        elif name.endswith("mlp.experts.down_proj"):
-            tensors[name + ".weight"] = tensor
-        else:
+        if not _stacked_experts(name, tensor, tensors):
             tensors[name] = tensor
     header = llama_like("QWEN2MOE")(model).header
     header.update(add_expert_count=config.num_experts, add_expert_used_count=config.num_experts_per_tok,
@@ -261,13 +270,9 @@ def deepseek2(model, split_kv_b: bool = True) -> Converted:
     nope, rope, v_dim = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
     tensors = {}
     for name, tensor in parameters(model).items():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            gate, up = tensor.chunk(2, dim=1)
-            tensors[name.replace("gate_up_proj", "gate_proj.weight")] = gate
-            tensors[name.replace("gate_up_proj", "up_proj.weight")] = up
-        elif name.endswith("mlp.experts.down_proj"):
-            tensors[name + ".weight"] = tensor
-        elif split_kv_b and name.endswith("kv_b_proj.weight"):
+        if _stacked_experts(name, tensor, tensors):
+            continue
+        if split_kv_b and name.endswith("kv_b_proj.weight"):
             kv_b = tensor.view(config.num_attention_heads, nope + v_dim, tensor.shape[-1])
             k_b, v_b = torch.split(kv_b, [nope, v_dim], dim=1)
             tensors[name.replace("kv_b_proj", "k_b_proj")] = k_b.transpose(1, 2)
