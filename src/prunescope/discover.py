@@ -116,7 +116,6 @@ def find_checkpoints(root: str) -> tuple[list[Checkpoint], str]:
             if folder == root:
                 raise
             continue
-        names = [entry.name for entry in listing]
         files = [entry.name for entry in listing if _is(entry.is_file)]
         config = _model_config(folder, files)
         saw_config = saw_config or config is not None
