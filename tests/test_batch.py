@@ -334,3 +334,21 @@ def test_bad_output_places_and_outputs_among_the_models(tmp_path):
     # an analysis file that is valid JSON but not an analysis is redone, not an internal error
     (models / "m" / "analysis" / "model_structure.json").write_text("[]")
     assert run_cli("analyze", "--models_dir", str(models), "--output_dir", str(models / "out")).returncode == 0
+
+
+def test_header_path_loads_only_what_it_uses(batch):
+    """Start-up time counts (benchmarks/bench_analyze.py): without --base_model the comparison module
+    is not loaded, nor SliceGPT's, nor typing, dataclasses or tempfile; with a base, compare is."""
+    code = ("import sys; from prunescope.cli import main; status = main(sys.argv[1:]); "
+            "print(sorted(name for name in ('prunescope.compare', 'prunescope.interpret.slicing', 'typing', "
+            "'dataclasses', 'tempfile', 'numpy', 'torch') if name in sys.modules))")
+    root, models, _, _ = batch
+    plain = subprocess.run([sys.executable, "-c", code, "analyze", "--models_dir", str(models), "--force",
+                            "--output_dir", str(root / "out")], capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip().splitlines()[-1] == "[]"
+    compared = subprocess.run([sys.executable, "-c", code, "analyze", "--models_dir", str(models),
+                               "--base_model", str(root / "base"),
+                               "--output_dir", str(root / "out")], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    assert compared.stdout.strip().splitlines()[-1] == "['prunescope.compare']"
