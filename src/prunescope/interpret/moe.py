@@ -22,14 +22,13 @@ class Experts(Record):
 
 def routed_experts(placed, family: Family) -> Experts | None:
     """The routed experts among a layer's placed tensors ((rest, tensor, bucket, role, module), ...)."""
-    mine = [(rest, tensor, role, module) for rest, tensor, bucket, role, module in placed if bucket == "experts"]
-    if not mine:
-        return None
     per_expert: dict[int, int] = {}
     widths: dict[int, int] = {}
     parts: dict[str, int] = {}
     tensors: dict[str, int | None] = {}
-    for rest, tensor, role, module in mine:
+    for _, tensor, bucket, role, module in placed:
+        if bucket != "experts":
+            continue
         number = expert_number(module)
         tensors[tensor.name] = number
         numel = tensor.numel
@@ -52,6 +51,8 @@ def routed_experts(placed, family: Family) -> Experts | None:
             for expert in range(count):
                 if width is not None:
                     widths.setdefault(expert, width)
+    if not tensors:
+        return None
     order = sorted(per_expert)
     return Experts(count=len(order), parts=parts, per_expert=tuple(per_expert[e] for e in order),
                    intermediate=tuple(widths.get(e) for e in order), tensors=tensors)
