@@ -37,7 +37,7 @@ def test_immutable_and_replace():
 
 
 def test_unchecked_is_the_same_record_and_numel_is_computed_once():
-    tensor = TensorInfo.unchecked(**FIELDS)
+    tensor = TensorInfo.unchecked(FIELDS)
     assert tensor == TensorInfo(**FIELDS)
     assert tensor.numel == 14336 * 4096
     assert tensor.__dict__["numel"] == 14336 * 4096  # cached on the instance: every stage asks

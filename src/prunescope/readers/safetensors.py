@@ -72,7 +72,8 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
                 path, f"truncated: {name!r} ends at byte {data_start + end} of a {file_size}-byte file",
                 "re-save or re-download it")
         # Every field checked above: the unchecked constructor spares a second round of checks.
-        tensors.append(TensorInfo.unchecked(name=name, dtype=dtype, shape=shape, file=path, offset=data_start + begin))
+        tensors.append(TensorInfo.unchecked({"name": name, "dtype": dtype, "shape": shape, "file": path,
+                                             "offset": data_start + begin}))
         spans.append((begin, end, name))
     _check_layout(path, spans, file_size - data_start)
     return tensors
