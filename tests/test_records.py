@@ -42,3 +42,19 @@ def test_unchecked_is_the_same_record_and_numel_is_computed_once():
     assert tensor.numel == 14336 * 4096
     assert tensor.__dict__["numel"] == 14336 * 4096  # cached on the instance: every stage asks
     assert tensor.replace(shape=(2, 3)).numel == 6
+
+
+def test_a_header_record_comes_with_its_element_count(tmp_path):
+    """The safetensors reader counts each tensor's elements while checking its byte size; the record
+    carries that count where numel's cache keeps it, and it is the count the shape gives."""
+    import torch
+    from safetensors.torch import save_file
+
+    from prunescope.readers.safetensors import read_safetensors_file
+
+    save_file({"a": torch.zeros(3, 5), "b": torch.zeros(0, 4), "c": torch.zeros(())}, str(tmp_path / "x.safetensors"))
+    tensors = {tensor.name: tensor for tensor in read_safetensors_file(str(tmp_path / "x.safetensors"))}
+    assert {name: tensor.__dict__["numel"] for name, tensor in tensors.items()} == {"a": 15, "b": 0, "c": 1}
+    assert all(tensor == TensorInfo(**{field: getattr(tensor, field) for field in TensorInfo._fields})
+               for tensor in tensors.values())
+

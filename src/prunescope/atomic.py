@@ -36,14 +36,15 @@ def dumps_readable(data) -> str:
     """JSON with one top-level field per line and one list item (e.g. one layer) per line: easy to read
     and to diff, and written by json's C encoder (indent= switches to its pure-Python one, which costs
     more than the whole analysis of an 8B model's headers)."""
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for the hundred pieces
     if not isinstance(data, dict):
-        return json.dumps(data, ensure_ascii=False) + "\n"
+        return encode(data) + "\n"
     lines = []
     for key, value in data.items():
-        name = json.dumps(key, ensure_ascii=False)
+        name = encode(key)
         if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            items = ",\n".join("    " + json.dumps(item, ensure_ascii=False) for item in value)
+            items = ",\n".join("    " + encode(item) for item in value)
             lines.append(f"  {name}: [\n{items}\n  ]")
         else:
-            lines.append(f"  {name}: {json.dumps(value, ensure_ascii=False)}")
+            lines.append(f"  {name}: {encode(value)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"

@@ -9,6 +9,9 @@ A record declares its fields as annotated class attributes; a value given there 
 from __future__ import annotations
 
 
+_NO_DEFAULT = object()
+
+
 class Record:
     """Fields come from the class annotations (base classes first); instances are immutable."""
 
@@ -18,14 +21,12 @@ class Record:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        fields: list[str] = []
-        for klass in reversed(cls.__mro__):
-            for name in klass.__dict__.get("__annotations__", {}):
-                if not name.startswith("_") and name not in fields:
-                    fields.append(name)
+        # In order, base classes first, each once (a dict keeps the first place a name takes).
+        fields = dict.fromkeys(name for klass in reversed(cls.__mro__) for name in vars(klass).get("__annotations__", ())
+                               if not name.startswith("_"))
         cls._fields = tuple(fields)
         cls._field_names = frozenset(fields)
-        cls._defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
+        cls._defaults = {name: value for name in fields if (value := getattr(cls, name, _NO_DEFAULT)) is not _NO_DEFAULT}
 
     def __init__(self, *args, **kwargs):
         # Dict merges instead of a loop over the fields: readers build one record per tensor (a

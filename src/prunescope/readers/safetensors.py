@@ -56,11 +56,12 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
             raise CheckpointError(path, f"malformed header entry for {name!r}", "the file is corrupt") from None
         if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise CheckpointError(path, f"tensor {name!r} has unknown dtype {dtype!r}", "upgrade prunescope or report it")
-        expected = DTYPE_SIZES[dtype]
+        count = 1
         for size in shape:
             if type(size) is not int or size < 0:
                 raise CheckpointError(path, f"tensor {name!r} has an invalid shape {list(shape)}", "the file is corrupt")
-            expected *= size
+            count *= size
+        expected = count * DTYPE_SIZES[dtype]
         if not (type(begin) is int and type(end) is int and 0 <= begin <= end):
             raise CheckpointError(path, f"tensor {name!r} has invalid data offsets {[begin, end]}", "the file is corrupt")
         if end - begin != expected:
@@ -71,9 +72,10 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
             raise CheckpointError(
                 path, f"truncated: {name!r} ends at byte {data_start + end} of a {file_size}-byte file",
                 "re-save or re-download it")
-        # Every field checked above: the unchecked constructor spares a second round of checks.
+        # Every field checked above: the unchecked constructor spares a second round of checks, and
+        # `numel` (a cached property: its value lives in the record's own dict) is already counted.
         tensors.append(TensorInfo.unchecked({"name": name, "dtype": dtype, "shape": shape, "file": path,
-                                             "offset": data_start + begin}))
+                                             "offset": data_start + begin, "numel": count}))
         spans.append((begin, end, name))
     _check_layout(path, spans, file_size - data_start)
     return tensors
