@@ -196,9 +196,15 @@ def unquantized_matrices(by_name: dict[str, TensorInfo], encoded: dict[str, Enco
 
 
 def logical(tensor: TensorInfo, name: str, shape, dtype: str) -> TensorInfo:
-    """The dense weight a stored tensor encodes: logical name, shape and dtype; its location stays the codes'."""
-    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=tensor.file, offset=tensor.offset,
-                      is_parameter=True)
+    """The dense weight a stored tensor encodes: logical name, shape and dtype; its location stays the codes'.
+    (One per quantized matrix, hundreds per model: built like the header reader's records, every field
+    given and the element count filled in.)"""
+    shape = tuple(shape)
+    count = 1
+    for size in shape:
+        count *= size
+    return TensorInfo.unchecked({"name": name, "dtype": dtype, "shape": shape, "file": tensor.file,
+                                 "offset": tensor.offset, "is_parameter": True, "numel": count})
 
 
 def model_dtype(config: dict, fallback: str) -> str:
