@@ -60,11 +60,18 @@ def quantized_tensors(dense):
     return tensors
 
 
+# How safetensors (0.8.0, safetensors.torch.save of one tensor per dtype) orders a file's data: larger
+# elements first, these dtypes in this order; names sort within a dtype. So a compressed-tensors file
+# holds its I64 weight_shape tensors side by side at the start of its data, its I32 codes next.
+LIBRARY_ORDER = ("I64", "F64", "F32", "I32", "BF16", "F16", "I16", "F8_E4M3", "I8", "U8", "BOOL")
+
+
 def write_file(path, tensors, fill=None):
     """A safetensors file; data given per tensor, else `fill(name, dtype, shape)` bytes, else a hole
     with a few nonzero bytes first (real weights are nonzero)."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, dtype, shape, _ in sorted(tensors):
+    # The data in the order the safetensors library writes it: by dtype (LIBRARY_ORDER), then by name.
+    for name, dtype, shape, _ in sorted(tensors, key=lambda tensor: (LIBRARY_ORDER.index(tensor[1]), tensor[0])):
         nbytes = common.numel(shape) * SIZES[dtype]
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
