@@ -319,3 +319,32 @@ def test_native_fp8_with_block_scales(tmp_path):
         module.weight.numel() for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name != "lm_head")
     assert_stored_nonzeros(analysed(tmp_path, sparsity=True), oracle)
+
+
+def test_small_tensors_side_by_side_are_read_once(tmp_path, monkeypatch):
+    """The safetensors library writes a file's data by dtype, then name: the I64 weight_shape tensors of
+    a compressed-tensors model lie together, and one read serves them all; a file cut short is still
+    refused, never read past."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from prunescope.quantized import SmallReads
+    from prunescope.readers.safetensors import read_safetensors_file
+
+    shapes = {f"model.layers.{n}.mlp.up_proj.weight_shape": torch.tensor([64 + n, 128]) for n in range(40)}
+    save_file({**shapes, "model.embed_tokens.weight": torch.zeros(32, 8, dtype=torch.bfloat16)},
+              str(tmp_path / "model.safetensors"))
+    tensors = [t for t in read_safetensors_file(str(tmp_path / "model.safetensors")) if t.name in shapes]
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: reads.append(size) or real_pread(fd, size, offset))
+    with SmallReads() as small:
+        assert {t.name: small.integers(t) for t in tensors} == {name: value.tolist() for name, value in shapes.items()}
+    assert len(reads) == 1
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "model.safetensors").read_bytes()[:-(32 * 8 * 2 + 100)])
+    last = max(tensors, key=lambda t: t.offset)
+    with SmallReads() as small, pytest.raises(CheckpointError, match="truncated"):
+        small.integers(last.replace(file=str(cut)))
