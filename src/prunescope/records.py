@@ -29,18 +29,18 @@ class Record:
         cls._defaults = {name: value for name in fields if (value := getattr(cls, name, _NO_DEFAULT)) is not _NO_DEFAULT}
 
     def __init__(self, *args, **kwargs):
-        # Dict merges instead of a loop over the fields: readers build one record per tensor (a
-        # Mixtral-8x7B header has a thousand), so this is on the header-only path's budget.
+        # Straight into the instance's dict, checked once at the end: readers and decoders build a
+        # record per tensor (a Mixtral-8x7B header has a thousand), so this is on the start-up budget.
+        values = self.__dict__
+        values.update(self._defaults)
         if args:
             if len(args) > len(self._fields):
                 raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields, got {len(args)}")
-            positional = dict(zip(self._fields, args))
-            if not positional.keys().isdisjoint(kwargs):
-                wrong = next(name for name in kwargs if name in positional)
+            if kwargs and not kwargs.keys().isdisjoint(self._fields[:len(args)]):
+                wrong = next(name for name in self._fields[:len(args)] if name in kwargs)
                 raise TypeError(f"{type(self).__name__}: repeated field {wrong!r}")
-            kwargs.update(positional)
-        values = self.__dict__
-        values.update(self._defaults, **kwargs)
+            values.update(zip(self._fields, args))
+        values.update(kwargs)
         if len(values) != len(self._fields) or not self._field_names.issuperset(kwargs):
             wrong = next((name for name in kwargs if name not in self._field_names), None)
             if wrong is not None:
