@@ -43,9 +43,10 @@ class Sample:
         return f"Sample({self.id})"
 
 
-# -- opcodes ------------------------------------------------------------------------------------------
-MARK, TUPLE, REDUCE, BUILD, STOP, POP = b"(", b"t", b"R", b"b", b".", b"0"
-EMPTY_DICT, EMPTY_TUPLE, SETITEM, NEWOBJ, NONE = b"}", b")", b"s", b"\x81", b"N"
+# -- opcodes (also the hand-written pickles of test_hostile_pickles.py) ----------------------------------
+PROTO, MARK, TUPLE, REDUCE, BUILD, STOP, POP = b"\x80\x02", b"(", b"t", b"R", b"b", b".", b"0"
+EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, SETITEM, SETITEMS, APPEND = b"}", b"]", b")", b"s", b"u", b"a"
+NEWOBJ, NEWFALSE, BINPERSID, TUPLE2, NONE = b"\x81", b"\x89", b"Q", b"\x86", b"N"
 
 
 def G(module: str, name: str) -> bytes:
@@ -62,7 +63,10 @@ def B(data: bytes) -> bytes:
 
 
 def I(number: int) -> bytes:  # noqa: E743
-    return b"J" + struct.pack("<i", number)
+    if -(2 ** 31) <= number < 2 ** 31:
+        return b"J" + struct.pack("<i", number)
+    data = number.to_bytes((number.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data  # LONG1
 
 
 def tup(*parts: bytes) -> bytes:

@@ -32,51 +32,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from hostile_corpus import (APPEND, BINPERSID, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, MARK, MARKER,  # noqa: E402
+                            NEWFALSE, NEWOBJ, POP, PROTO, REDUCE, SETITEM, SETITEMS, STOP, TUPLE2, G, I, S, call, tup)
 from prunescope.readers import read_tensor_index  # noqa: E402
 from prunescope.tensors import CheckpointError  # noqa: E402
 
 SYSTEM = f"{os.system.__module__}.system"  # how os.system is pickled here: posix.system (nt.system on Windows)
-MARKER = "PAYLOAD_SLOT_0123456789"
 TORCH_DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64", torch.float64: "F64"}
 posix_only = pytest.mark.skipif(os.name != "posix", reason="payload commands and rlimits are POSIX")
 
 
-# -- hand-written pickle opcodes (protocol 2, as torch.save writes) --------------------------------
-PROTO, MARK, TUPLE, REDUCE, BUILD, STOP = b"\x80\x02", b"(", b"t", b"R", b"b", b"."
-EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, SETITEM, SETITEMS, APPEND = b"}", b"]", b")", b"s", b"u", b"a"
-NEWOBJ, NEWFALSE, BINPERSID, POP, TUPLE2 = b"\x81", b"\x89", b"Q", b"0", b"\x86"
-
-
-def G(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def S(text: str) -> bytes:
-    data = text.encode()
-    return b"X" + struct.pack("<I", len(data)) + data
-
-
-def I(number: int) -> bytes:  # noqa: E743
-    if -(2 ** 31) <= number < 2 ** 31:
-        return b"J" + struct.pack("<i", number)
-    data = number.to_bytes((number.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(data)]) + data  # LONG1
-
-
+# -- hand-written pickle opcodes (protocol 2, as torch.save writes): hostile_corpus's, and these -------
 def PUT(index: int) -> bytes:
     return b"r" + struct.pack("<I", index)
 
 
 def GET(index: int) -> bytes:
     return b"j" + struct.pack("<I", index)
-
-
-def tup(*parts: bytes) -> bytes:
-    return MARK + b"".join(parts) + TUPLE
-
-
-def call(function: bytes, *args: bytes) -> bytes:
-    return function + tup(*args) + REDUCE
 
 
 def storage(key: str = "0", kind: str = "FloatStorage", numel: int = 4, view: bytes | None = None) -> bytes:
