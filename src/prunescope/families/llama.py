@@ -9,8 +9,8 @@ ATTENTION = {
     "self_attn.k_proj": K,
     "self_attn.v_proj": V,
     "self_attn.o_proj": O,
-    "self_attn.q_norm": Q_NORM,
-    "self_attn.k_norm": K_NORM,
+    "self_attn.q_norm": Q_NORM,  # qwen3, gemma3
+    "self_attn.k_norm": K_NORM,  # qwen3, gemma3
 }
 NORMS = {"input_layernorm": NORM, "post_attention_layernorm": NORM}
 
@@ -20,19 +20,13 @@ FAMILY = Family(
                  "gemma2": "Gemma2", "gemma3_text": "Gemma3", "granite": "Granite", "olmo": "Olmo", "olmo2": "Olmo2",
                  "stablelm": "StableLm"},
     layer={
-        "self_attn.q_proj": Q,
-        "self_attn.k_proj": K,
-        "self_attn.v_proj": V,
-        "self_attn.o_proj": O,
-        "self_attn.q_norm": Q_NORM,  # qwen3, gemma3
-        "self_attn.k_norm": K_NORM,  # qwen3, gemma3
+        **ATTENTION,
         "self_attn.q_layernorm.norms.*": Q_NORM,  # stablelm: one LayerNorm per head
         "self_attn.k_layernorm.norms.*": K_NORM,
         "mlp.gate_proj": GATE,
         "mlp.up_proj": UP,
         "mlp.down_proj": DOWN,
-        "input_layernorm": NORM,
-        "post_attention_layernorm": NORM,
+        **NORMS,
         "pre_feedforward_layernorm": NORM,  # gemma2, gemma3
         "post_feedforward_layernorm": NORM,  # gemma2, gemma3
     },
