@@ -259,18 +259,26 @@ def test_gpt2_hub_layout_buffers_are_not_parameters(tmp_path):
     assert sorted(structure["buffers"]) == sorted(f"h.{i}.attn.{b}" for i in range(2) for b in ("bias", "masked_bias"))
 
 
-# GPT-NeoX / Pythia: query_key_value rows interleaved per head: [q_h, k_h, v_h] for each head h.
-def neox_family(model):
+def per_head_qkv(attention_of, head_size_of):
+    """(qkv(index), heads) oracles for a query_key_value whose rows interleave [q_h, k_h, v_h] per head
+    h (GPT-NeoX, Bloom): the parameters of q, k or v, and the heads, read off the module."""
     def qkv(index):
         def parameters(layer):
-            attention = layer.attention
+            attention = attention_of(layer)
             return part(attention.query_key_value.weight, attention.query_key_value.bias,
-                        (-1, 3, attention.head_size), (slice(None), index))
+                        (-1, 3, head_size_of(attention)), (slice(None), index))
         return parameters
 
     def heads(layer):
-        return layer.attention.query_key_value.weight.shape[0] // (3 * layer.attention.head_size)
+        attention = attention_of(layer)
+        return attention.query_key_value.weight.shape[0] // (3 * head_size_of(attention))
 
+    return qkv, heads
+
+
+# GPT-NeoX / Pythia: query_key_value rows interleaved per head: [q_h, k_h, v_h] for each head h.
+def neox_family(model):
+    qkv, heads = per_head_qkv(lambda layer: layer.attention, lambda attention: attention.head_size)
     return {
         "layers": lambda m: m.gpt_neox.layers,
         "attention": {"total": lambda layer: count(layer.attention), "q_proj": qkv(0), "k_proj": qkv(1),
@@ -416,16 +424,7 @@ def test_falcon_layouts_and_their_pruning(tmp_path, variant):
 
 
 def bloom_family(model):
-    def qkv(index):
-        def parameters(layer):
-            attention = layer.self_attention
-            return part(attention.query_key_value.weight, attention.query_key_value.bias,
-                        (-1, 3, attention.head_dim), (slice(None), index))
-        return parameters
-
-    def heads(layer):
-        return layer.self_attention.query_key_value.weight.shape[0] // (3 * layer.self_attention.head_dim)
-
+    qkv, heads = per_head_qkv(lambda layer: layer.self_attention, lambda attention: attention.head_dim)
     return {
         "layers": lambda m: m.transformer.h,
         "attention": {"total": lambda layer: count(layer.self_attention), "q_proj": qkv(0), "k_proj": qkv(1),
