@@ -123,9 +123,7 @@ def _method(quant_config: dict, index: TensorIndex) -> str | None:
     if isinstance(method, str) and method:
         method = method.lower()
         return {"compressed_tensors": "compressed-tensors", "bnb": "bitsandbytes"}.get(method, method)
-    # Every name, each followed by a NUL: one substring search per telltale instead of a Python loop
-    # over a thousand names (names holding a NUL would only be misread as quantized, and refused).
-    names = "\0".join(tensor.name for tensor in index.tensors) + "\0"
+    names = index.joined_names
     if ".weight_packed\0" in names or ".weight_shape\0" in names or ".bitmask\0" in names:
         return "compressed-tensors"
     if ".quant_state.bitsandbytes__" in names or ".SCB\0" in names:
