@@ -77,15 +77,15 @@ def fingerprint(checkpoint: Checkpoint, shards: list[str] | None = None) -> dict
     origin = checkpoint.origin or hf_cache_origin(checkpoint.path)
     if checkpoint.origin is not None:
         return {"prunescope_version": __version__, "origin": origin}
-    paths = list(checkpoint.weight_files)
-    if shards is not None:
-        paths += [path for path in shards if path not in checkpoint.weight_files]
-    for path in checkpoint.weight_files if shards is None else ():
-        if path.endswith(".index.json"):
-            try:
-                paths += shard_paths(path)
-            except CheckpointError:
-                pass  # reading the checkpoint will say what is wrong with its index
+    if shards is None:
+        shards = []
+        for path in checkpoint.weight_files:
+            if path.endswith(".index.json"):
+                try:
+                    shards += shard_paths(path)
+                except CheckpointError:
+                    pass  # reading the checkpoint will say what is wrong with its index
+    paths = list(checkpoint.weight_files) + [path for path in shards if path not in checkpoint.weight_files]
     paths += [path for path in (checkpoint.config_file, checkpoint.slicing_config) if path]
     # AutoGPTQ checkpoints keep their quantization config beside the weights (prunescope.quantized).
     beside = os.path.join(os.path.dirname(paths[0]), "quantize_config.json") if paths else ""
