@@ -51,8 +51,9 @@ class Record:
     @classmethod
     def unchecked(cls, fields: dict):
         """A record from fields its caller has made complete and valid, without __init__'s checks (and
-        without keyword arguments, which cost more than the rest): for the one loop that builds a
-        record per tensor of a header (a thousand for Mixtral-8x7B)."""
+        without keyword arguments, which cost more than the rest): for the loops that build a record
+        per tensor of a header (a thousand for Mixtral-8x7B) or per quantized matrix. A cached
+        property's value may come with the fields (the header reader's `numel`)."""
         record = object.__new__(cls)
         values = record.__dict__
         values.update(cls._defaults)
