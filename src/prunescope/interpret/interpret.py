@@ -83,7 +83,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         notes.append(f"no attention or MLP tensor of a known family found ({model_type or 'no model_type'}): "
                      "everything is counted in `other`; totals stay exact (supported: "
                      + ", ".join(SUPPORTED_MODEL_TYPES) + ")")
-    head_dim, head_dim_source = _head_dim(config, base_config, stack, family, index, buffers, notes)
+    head_dim, head_dim_source = _head_dim(config, base_config, stack, family, index, notes)
     prefix = class_prefix(first_architecture(config)) or family.model_types.get(model_type) or \
         class_prefix(short_class(index.module_classes.get("")))
     names: dict[str, str] = {}
@@ -434,10 +434,10 @@ def _check_router(tensors, experts: int, layer_idx: int, notes: list[str]) -> No
         if bucket == "router" and is_weight(rest) and tensor.shape and tensor.shape[0] != experts:
             notes.append(f"layer {layer_idx}: the router scores {tensor.shape[0]} experts, the file holds {experts}")
 def _weight_shapes(weights, rows, tensors, fused_layout: dict) -> dict[str, tuple[int, int]]:
-    """(out, in) of each projection's weight (`tensors`: the layer's, routed experts' aside) by its schema name, a fused weight's parts with their own
+    """(out, in) of each projection's weight by its schema name, a fused weight's parts with their own
     rows (the split has filled `rows`); SliceGPT's shortcut matrices by their own names; in MoE layers
-    the router's (`router`) and each shared-expert weight's (`shared_experts.<module>`). Routed experts'
-    sizes are the MLP's `expert_intermediate_size`."""
+    the router's (`router`) and each shared-expert weight's (`shared_experts.<module>`). `tensors` are
+    the layer's without its routed experts, whose sizes are the MLP's `expert_intermediate_size`."""
     stored = dict(weights)
     for fused, description in fused_layout.items():
         if fused in weights:
@@ -540,8 +540,7 @@ def _blocks(parts, head_dim: int, start: int = 0) -> tuple:
 HEAD_ROLES = frozenset({Q, QKV, K, Q_NORM, "q_b_proj"})
 
 
-def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: TensorIndex, buffers: list[str],
-              notes) -> tuple[int | None, str]:
+def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: TensorIndex, notes) -> tuple[int | None, str]:
     """The first candidate that divides every layer's q and k rows, in order of trust: what a file
     states or measures (head_dim, per-head q/k norm widths, rotary frequencies) before ratios of sizes.
     A base model's config counts only when it is of the same family and width as this one."""
@@ -556,8 +555,7 @@ def _head_dim(config, base_config, stack: DecoderStack, family: Family, index: T
     if q_norm is not None:
         candidates.append((q_norm, Q_NORM_SHAPE))
     if (config.get("partial_rotary_factor") or 1) == 1:  # partial rotary: inv_freq covers part of a head
-        inv_freq = next((tensor for tensor in index.tensors if tensor.name.endswith("inv_freq") and tensor.shape),
-                        None) if buffers else None  # a buffer wherever a file holds it
+        inv_freq = next((tensor for tensor in index.tensors if tensor.name.endswith("inv_freq") and tensor.shape), None)
         if inv_freq is not None:
             candidates.append((2 * inv_freq.shape[0], ROTARY_LENGTH))
     if base_config and _same_kind(base_config, config, family, stack):
