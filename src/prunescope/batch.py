@@ -48,8 +48,9 @@ def run_batch(models_dir: str | None, base_model: str | None = None, output_dir:
     say(RULE)
     say()
     try:
+        outputs = _output_identities(output_dir)
         entries = [entry for entry in discover_models(models_dir, include, exclude, extra_models)
-                   if not _is_our_output(entry.path, output_dir)]
+                   if not _is_our_output(entry.path, outputs)]
         entries += [entry for location in located for entry in _located_entries(location)]
     except OSError as error:
         say(f"✗ error: {models_dir}: cannot list the models folder: {error.strerror or error} "
@@ -177,11 +178,31 @@ def _analysed(entries, output_dir: str, base, force: bool, scan, options):
 OUTPUT_NAMES = (BATCH_FILE, MODELS_SUMMARY_FILE, "tables", "plots", "report.html")
 
 
-def _is_our_output(path: str, output_dir: str) -> bool:
-    """--output_dir itself, or what prunescope writes there (when it sits among the models)."""
-    real = os.path.realpath(path)
-    return real == os.path.realpath(output_dir) or any(
-        real == os.path.realpath(os.path.join(output_dir, name)) for name in OUTPUT_NAMES)
+def _output_identities(output_dir: str) -> set[tuple[int, int]]:
+    """(device, inode) of --output_dir and of what prunescope writes there, those that exist. Compared by
+    identity, a symlink among the models that leads to our output is recognised with one stat, where
+    comparing resolved paths walks every component of every path (os.path.realpath)."""
+    identities = set()
+    for path in (output_dir, *(os.path.join(output_dir, name) for name in OUTPUT_NAMES)):
+        try:
+            info = os.stat(path)
+        except OSError:
+            if path == output_dir:
+                break  # no folder, nothing in it
+            continue
+        identities.add((info.st_dev, info.st_ino))
+    return identities
+
+
+def _is_our_output(path: str, outputs: set[tuple[int, int]]) -> bool:
+    """`path` is --output_dir itself, or something prunescope writes there (when it sits among the models)."""
+    if not outputs:
+        return False
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) in outputs
 
 
 def timestamp() -> str:

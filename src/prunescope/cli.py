@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -11,8 +12,9 @@ import sys
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that command's arguments are set up (start-up time counts)."""
+    formatter = _formatter()
     parser = argparse.ArgumentParser(
-        prog="prunescope", formatter_class=_formatter,
+        prog="prunescope", formatter_class=formatter,
         description="Exact structure analysis of pruned LLM checkpoints, read from the files: no GPU, "
                     "no model loading, no checkpoint code run.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -20,18 +22,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # only its own parser is built; `prunescope --help` builds them all.
     for name, (text, add_arguments) in COMMANDS.items():
         if command in (None, name):
-            add_arguments(commands.add_parser(name, help=text, formatter_class=_formatter))
+            add_arguments(commands.add_parser(name, help=text, formatter_class=formatter))
     return parser
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
+def _formatter():
     """argparse's formatter with the width given: left to find it, argparse imports shutil for it,
-    which costs a tenth of a whole analysis's start-up."""
+    which costs a tenth of a whole analysis's start-up. Asked once: argparse makes a formatter for
+    every argument it adds."""
     try:
         width = os.get_terminal_size().columns - 2
     except OSError:
         width = 78
-    return argparse.HelpFormatter(prog, width=width)
+    return functools.partial(argparse.HelpFormatter, width=width)
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:

@@ -152,9 +152,10 @@ def _odd_files(root: str) -> list[tuple[str, str]]:
     odd, pending, seen = [], [(root, 0)], set()
     while pending:
         folder, depth = pending.pop()
-        if os.path.realpath(folder) in seen:
+        real = os.path.realpath(folder)
+        if real in seen:
             continue
-        seen.add(os.path.realpath(folder))
+        seen.add(real)
         try:
             listing = _listing(folder)
         except OSError:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 from . import __version__
 from .compute import ComputeOptions, compute
 from .discover import Checkpoint, ModelEntry, examine
-from .locate import Location, hf_cache_origin, in_hf_cache, locate
+from .locate import Location, in_hf_cache, locate, snapshot_origin
 from .quantized import PLAIN, decode_quantization
 from .readers import local_weight_files, read_tensor_index, shard_paths
 from .atomic import write_atomic, write_json
@@ -74,9 +75,10 @@ def fingerprint(checkpoint: Checkpoint, shards: list[str] | None = None) -> dict
     """Sizes and modification times of every file the analysis reads (`shards`: the weight files with
     shard indexes resolved, when the caller has them); for a model in a Hugging Face cache or on remote
     storage also where it comes from (repo and commit, URL and file sizes)."""
-    origin = checkpoint.origin or hf_cache_origin(checkpoint.path)
     if checkpoint.origin is not None:
-        return {"prunescope_version": __version__, "origin": origin}
+        return {"prunescope_version": __version__, "origin": checkpoint.origin}
+    real = os.path.realpath(checkpoint.path)
+    origin = snapshot_origin(real)
     if shards is None:
         shards = []
         for path in checkpoint.weight_files:
@@ -91,11 +93,15 @@ def fingerprint(checkpoint: Checkpoint, shards: list[str] | None = None) -> dict
     beside = os.path.join(os.path.dirname(paths[0]), "quantize_config.json") if paths else ""
     if beside and os.path.isfile(beside):
         paths.append(beside)
-    files, real_folders = [], {}
+    files, real_folders = [], {checkpoint.path: real}  # a folder's files are resolved through the folder
     for path in paths:
         try:
-            info = os.stat(path)
-            files.append({"path": _real_path(path, real_folders), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                real_path, info = os.path.realpath(path), os.stat(path)
+            else:
+                real_path = _in_real_folder(path, real_folders)
+            files.append({"path": real_path, "size": info.st_size, "mtime_ns": info.st_mtime_ns})
         except OSError:
             files.append({"path": _real_path(path, real_folders), "size": None, "mtime_ns": None})
     return {"prunescope_version": __version__, "files": files, **({"origin": origin} if origin else {})}
@@ -104,8 +110,11 @@ def fingerprint(checkpoint: Checkpoint, shards: list[str] | None = None) -> dict
 def _real_path(path: str, real_folders: dict[str, str]) -> str:
     """os.path.realpath(path), each folder resolved once (a sharded model's files share one: resolving
     every file walks the whole path again)."""
-    if os.path.islink(path):
-        return os.path.realpath(path)
+    return os.path.realpath(path) if os.path.islink(path) else _in_real_folder(path, real_folders)
+
+
+def _in_real_folder(path: str, real_folders: dict[str, str]) -> str:
+    """The path of a file that is not a symlink, through its folder's real path."""
     folder, name = os.path.split(path)
     if folder not in real_folders:
         real_folders[folder] = os.path.realpath(folder or os.curdir)

@@ -68,7 +68,12 @@ def locate(reference: str) -> Location:
 def hf_cache_origin(path: str) -> dict | None:
     """{"repo", "commit"} when `path` (symlinks resolved) lies in a snapshot of a Hugging Face cache:
     `.../models--org--name/snapshots/<commit>/...` beside that repo's `blobs/` or `refs/`."""
-    parts = os.path.realpath(path).split(os.sep)
+    return snapshot_origin(os.path.realpath(path))
+
+
+def snapshot_origin(real: str) -> dict | None:
+    """hf_cache_origin of a path already resolved (os.path.realpath walks every component again)."""
+    parts = real.split(os.sep)
     for position in range(len(parts) - 2, 0, -1):
         if parts[position] == "snapshots" and parts[position - 1].startswith("models--"):
             repo_folder = os.sep.join(parts[:position])
@@ -80,9 +85,9 @@ def hf_cache_origin(path: str) -> dict | None:
 def in_hf_cache(path: str) -> bool:
     """Whether `path` (symlinks resolved) is inside a Hugging Face cache: a snapshot folder, or anywhere
     under HF_HUB_CACHE or HF_HOME."""
-    if hf_cache_origin(path) is not None:
+    real = os.path.realpath(path)  # once: it walks every component of the path
+    if snapshot_origin(real) is not None:
         return True
-    real = os.path.realpath(path)
     roots = [os.environ.get("HF_HUB_CACHE"), os.environ.get("HF_HOME")]
     return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
                for root in (os.path.realpath(os.path.expanduser(r)) for r in roots if r))

@@ -8,8 +8,11 @@ batch; that is why callers ask for all the ranges they need at once instead of o
 from __future__ import annotations
 
 import os
+from itertools import starmap
 
 from ..tensors import CheckpointError
+
+_PREAD = getattr(os, "pread", None)  # POSIX; elsewhere a seek and a read
 
 
 class LocalFiles:
@@ -27,8 +30,8 @@ class LocalFiles:
                 fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             except OSError as error:
                 raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check permissions") from None
-        if hasattr(os, "pread"):
-            return os.pread(fd, size, offset)
+        if _PREAD is not None:
+            return _PREAD(fd, size, offset)
         os.lseek(fd, offset, os.SEEK_SET)
         return os.read(fd, size)
 
@@ -36,7 +39,7 @@ class LocalFiles:
         """The bytes of each (path, offset, size), in order; shorter where a file ends early. Read as the
         caller goes (an iterator): a remote batch arrives whole, but local bytes need not all be held at
         once (the first pages of every tensor of a Mixtral-8x7B are 4 MB of fresh memory)."""
-        return (self.read(path, offset, size) for path, offset, size in ranges)
+        return starmap(self.read, ranges)
 
     def close(self) -> None:
         for fd in self._fds.values():
