@@ -331,9 +331,37 @@ def test_bad_output_places_and_outputs_among_the_models(tmp_path):
         assert run_cli("analyze", "--models_dir", str(models), "--output_dir", str(models / "out"),
                        "--merge_results").returncode == 0
     assert [r["name"] for r in load(models / "out" / "batch_analysis_results.json")["models"]] == ["m"]
+    # ... nor a symlink among the models that leads to them (recognised by identity, not by name)
+    os.symlink(models / "out", models / "results_link")
+    os.symlink(models / "out" / "batch_analysis_results.json", models / "batch_link.json")
+    assert run_cli("analyze", "--models_dir", str(models), "--output_dir", str(models / "out")).returncode == 0
+    assert [r["name"] for r in load(models / "out" / "batch_analysis_results.json")["models"]] == ["m"]
     # an analysis file that is valid JSON but not an analysis is redone, not an internal error
     (models / "m" / "analysis" / "model_structure.json").write_text("[]")
     assert run_cli("analyze", "--models_dir", str(models), "--output_dir", str(models / "out")).returncode == 0
+
+
+def test_outputs_are_rewritten_only_when_they_change(tmp_path):
+    """An output already holding the same bytes is left alone (re-analysing unchanged models with --force
+    rewrites nothing); different bytes replace it whole; a FIFO in its place does not block the write."""
+    from prunescope.atomic import write_atomic
+
+    path = tmp_path / "model_structure.json"
+    write_atomic(str(path), "{}\n")
+    before = os.stat(path)
+    os.utime(path, ns=(1, 1))
+    write_atomic(str(path), "{}\n")
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, 1)
+    write_atomic(str(path), "{\"a\": 1}\n")
+    assert path.read_text() == '{"a": 1}\n' and os.stat(path).st_mtime_ns != 1
+    write_atomic(str(path), "é\udcff")  # a name that is not valid UTF-8 is written, not refused
+    assert path.read_bytes() == "é\\udcff".encode()
+    fifo = tmp_path / "summary.txt"
+    os.mkfifo(fifo)
+    write_atomic(str(fifo), "text")
+    assert fifo.read_text() == "text"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
 def test_header_path_loads_only_what_it_uses(batch):

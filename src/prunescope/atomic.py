@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+
 
 def write_atomic(path: str, content: str | bytes) -> None:
-    """Write text or bytes via a temporary file in the same folder and rename, so no reader sees half
-    a file. (Named by hand rather than with `tempfile`, whose import alone costs more than an analysis.)"""
+    """Write text (as UTF-8) or bytes via a temporary file in the same folder and rename, so no reader
+    sees half a file. (Named by hand rather than with `tempfile`, whose import alone costs more than an
+    analysis.) A file that already holds exactly these bytes is left as it is: re-analysing unchanged
+    models rewrites nothing, and its modification time keeps saying when its content last changed."""
+    # backslashreplace: a folder name that is not valid UTF-8 must not abort the batch.
+    data = content.encode("utf-8", "backslashreplace") if isinstance(content, str) else content
+    if _holds(path, data):
+        return
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(path)}")
     try:
-        if isinstance(content, bytes):
-            with open(temporary, "xb") as stream:
-                stream.write(content)
-        else:
-            # backslashreplace: a folder name that is not valid UTF-8 must not abort the batch.
-            with open(temporary, "x", encoding="utf-8", errors="backslashreplace") as stream:
-                stream.write(content)
+        with open(temporary, "xb") as stream:
+            stream.write(data)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -26,6 +29,30 @@ def write_atomic(path: str, content: str | bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether `path` is a regular file holding exactly `data`. Opened without blocking: a FIFO put
+    there would otherwise wait for a writer."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return False
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+            return False
+        held = b""
+        while len(held) < len(data):
+            chunk = os.read(descriptor, len(data) - len(held))
+            if not chunk:
+                return False
+            held += chunk
+        return held == data
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
 
 
 def write_json(path: str, data) -> None:
