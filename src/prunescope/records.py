@@ -64,8 +64,18 @@ class Record:
         raise AttributeError(f"{type(self).__name__} is immutable; use .replace()")
 
     def replace(self, **changes):
-        """A copy with some fields changed (dataclasses.replace)."""
-        return type(self)(**{**{name: self.__dict__[name] for name in self._fields}, **changes})
+        """A copy with some fields changed (dataclasses.replace). Only the changes need checking: the
+        other fields were checked when this record was made."""
+        if not self._field_names.issuperset(changes):
+            wrong = next(name for name in changes if name not in self._field_names)
+            raise TypeError(f"{type(self).__name__}: unexpected field {wrong!r}")
+        values = self.__dict__
+        record = object.__new__(type(self))
+        fields = record.__dict__
+        for name in self._fields:
+            fields[name] = values[name]
+        fields.update(changes)
+        return record
 
     def __eq__(self, other):
         if type(other) is not type(self):

@@ -122,8 +122,15 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
                            (tensor.file, start + expert * share, size)))
     # One batch of small reads (concurrent for a remote model).
     samples = _read_exact(files, [(tensor, request) for _, _, tensor, request in wanted])
+    label_checksums: dict[bytes, int] = {}  # every expert's label is the same: checksummed once
     for (key, label, _, _), sample in zip(wanted, samples):
-        per_expert[key] = zlib.crc32(sample, zlib.crc32(label, per_expert.get(key, 0)))
+        if key in per_expert:
+            start = zlib.crc32(label, per_expert[key])
+        else:
+            start = label_checksums.get(label)
+            if start is None:
+                start = label_checksums[label] = zlib.crc32(label)
+        per_expert[key] = zlib.crc32(sample, start)
     return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
 
