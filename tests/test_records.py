@@ -34,6 +34,8 @@ def test_immutable_and_replace():
         tensor.offset = 16
     moved = tensor.replace(offset=16)
     assert (moved.offset, tensor.offset) == (16, 8) and moved.name == tensor.name
+    with pytest.raises(TypeError, match="unexpected field 'size'"):
+        tensor.replace(size=3)
 
 
 def test_unchecked_is_the_same_record_and_numel_is_computed_once():

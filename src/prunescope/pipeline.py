@@ -15,6 +15,7 @@ from .discover import Checkpoint, ModelEntry, examine
 from .locate import Location, in_hf_cache, locate, snapshot_origin
 from .quantized import PLAIN, decode_quantization
 from .readers import local_weight_files, read_tensor_index, shard_paths
+from .readers.access import LocalFiles
 from .atomic import write_atomic, write_json
 from .console import structure_summary
 from .interpret import ModelStructure, interpret
@@ -167,16 +168,20 @@ def scan_options(device: str, executor: str = "local", address: str | None = Non
 def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | None = None,
                        scan: ScanOptions | None = None, options: ComputeOptions | None = None) -> ModelAnalysis:
     """Read, interpret and measure one checkpoint. Raises CheckpointError with a one-line reason."""
-    files, weight_files = None, checkpoint.weight_files
     if checkpoint.origin is not None:  # remote: small files first, in one batch
         from .locate.remote import open_remote
 
         files = open_remote(checkpoint.origin)
         files.preload(path for path in (checkpoint.config_file, *checkpoint.weight_files)
                       if path and path.endswith(".json"))
-    else:
-        weight_files = local_weight_files(weight_files)  # a shard index read once, for both uses
-    source = {**fingerprint(checkpoint, weight_files if files is None else None),
+        return _analyse(checkpoint, name, checkpoint.weight_files, files, base_config, scan, options)
+    with LocalFiles() as files:  # the headers and the first pages of each shard, through one descriptor
+        return _analyse(checkpoint, name, local_weight_files(checkpoint.weight_files),  # a shard index read once
+                        files, base_config, scan, options)
+
+
+def _analyse(checkpoint, name, weight_files, files, base_config, scan, options) -> ModelAnalysis:
+    source = {**fingerprint(checkpoint, None if files.remote else weight_files),
               "base_config": config_digest(base_config)}
     index = choose_model_reading(read_tensor_index(weight_files, files))
     config = load_config(checkpoint.config_file, files) or index.embedded_config
@@ -200,7 +205,7 @@ def analyse_checkpoint(checkpoint: Checkpoint, name: str, base_config: dict | No
         structure = describe_slicing(structure, index, slicing, checkpoint.slicing_config)
     structure = measure_layers(structure, index, files)
     if scan is not None:
-        structure = _scan_contents(structure, index, scan, files)
+        structure = _scan_contents(structure, index, scan, files if files.remote else None)
     structure = with_compute(structure, options)
     return ModelAnalysis(structure, checkpoint, index.format, config, index.findings, source)
 

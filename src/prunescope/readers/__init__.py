@@ -11,13 +11,14 @@ from .safetensors import read_safetensors_file, read_safetensors_headers
 
 def read_tensor_index(weight_files: tuple[str, ...] | list[str], files=None) -> TensorIndex:
     """Read every tensor of one checkpoint: safetensors, torch zip or legacy files, or a shard index.
-    `files` is a remote model's file access (readers/access.py); local files are read directly."""
+    `files` is the file access (readers/access.py): a remote model's, or local files the caller goes on
+    reading (safetensors headers are read through it); None: local files, read directly."""
     if files is not None and files.remote:
         return _read_remote(weight_files, files)
     paths = local_weight_files(weight_files)
     if not paths:
         raise CheckpointError(",".join(weight_files) or "?", "no weight files", "nothing to analyse")
-    return _joined([_read_one(path) for path in paths])
+    return _joined([_read_one(path, files) for path in paths])
 
 
 def local_weight_files(weight_files: tuple[str, ...] | list[str]) -> list[str]:
@@ -47,9 +48,9 @@ def _joined(indexes: list[TensorIndex]) -> TensorIndex:
     )
 
 
-def _read_one(path: str) -> TensorIndex:
+def _read_one(path: str, files=None) -> TensorIndex:
     if path.endswith(".safetensors"):
-        tensors = read_safetensors_file(path)
+        tensors = read_safetensors_file(path, files)
         return TensorIndex(format="safetensors", files=(path,), tensors=tuple(tensors))
     if path.endswith(".gguf"):
         from .gguf import read_gguf_file  # the gguf package only when a GGUF file is read

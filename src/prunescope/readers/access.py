@@ -8,6 +8,7 @@ batch; that is why callers ask for all the ranges they need at once instead of o
 from __future__ import annotations
 
 import os
+import stat
 from itertools import starmap
 
 from ..tensors import CheckpointError
@@ -16,20 +17,44 @@ _PREAD = getattr(os, "pread", None)  # POSIX; elsewhere a seek and a read
 
 
 class LocalFiles:
-    """Open file descriptors, one per file, for positional reads; closed when the reading ends."""
+    """Open file descriptors, one per file, for positional reads; closed when the reading ends. A
+    checkpoint's header reader and its measurements share one: each shard is opened once."""
 
     remote = False
 
     def __init__(self):
         self._fds: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+
+    def _open(self, path: str) -> int:
+        """Opened without blocking (a FIFO would wait for a writer) and checked to be a regular file on
+        the open descriptor (nothing can swap it after the check)."""
+        from .regular import require_regular_file
+
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        except OSError as error:
+            require_regular_file(path)  # says "a symlink loop", "a symlink to nothing", ... where it applies
+            raise CheckpointError(path, f"cannot read: {error.strerror or error}",
+                                  "check the path and permissions") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            require_regular_file(path)
+            raise CheckpointError(path, "is not a regular file", "point to the real file")
+        self._fds[path], self._sizes[path] = fd, info.st_size
+        return fd
+
+    def size(self, path: str) -> int:
+        """The file's size in bytes (it is opened to know it)."""
+        if path not in self._sizes:
+            self._open(path)
+        return self._sizes[path]
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         fd = self._fds.get(path)
         if fd is None:
-            try:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            except OSError as error:
-                raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check permissions") from None
+            fd = self._open(path)
         if _PREAD is not None:
             return _PREAD(fd, size, offset)
         os.lseek(fd, offset, os.SEEK_SET)
@@ -45,6 +70,7 @@ class LocalFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._sizes.clear()
 
     def __enter__(self):
         return self

@@ -35,18 +35,3 @@ def require_regular_file(path: str) -> None:
     if kind is not None:
         raise CheckpointError(path, f"is {kind}, not a checkpoint file",
                               "point to the real file" if kind != "missing" else "check the path")
-
-
-def open_regular(path: str):
-    """Open for reading without ever blocking: a FIFO opened non-blocking returns at once, and the
-    file's type is checked on the open descriptor (nothing can swap it after the check)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as error:
-        require_regular_file(path)  # says "a symlink loop", "a symlink to nothing", ... where it applies
-        raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check the path and permissions") from None
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        require_regular_file(path)
-        raise CheckpointError(path, "is not a regular file", "point to the real file")
-    return os.fdopen(descriptor, "rb")

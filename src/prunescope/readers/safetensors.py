@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from ..tensors import DTYPE_SIZES, CheckpointError, TensorInfo
 
@@ -11,15 +10,19 @@ from ..tensors import DTYPE_SIZES, CheckpointError, TensorInfo
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-def read_safetensors_file(path: str) -> list[TensorInfo]:
-    """The tensors of one .safetensors file, checked against the file's real size."""
-    from .regular import open_regular
+def read_safetensors_file(path: str, files=None) -> list[TensorInfo]:
+    """The tensors of one .safetensors file, checked against the file's real size. `files`: the local
+    file access (readers/access.py) the checkpoint's measurements go on reading through; one of its
+    own when not given."""
+    if files is None:
+        from .access import LocalFiles
 
+        with LocalFiles() as own:
+            return read_safetensors_file(path, own)
     try:
-        with open_regular(path) as handle:
-            file_size = os.fstat(handle.fileno()).st_size
-            header_size = _header_length(path, handle.read(8), file_size)
-            raw = handle.read(header_size)
+        file_size = files.size(path)
+        header_size = _header_length(path, files.read(path, 0, 8), file_size)
+        raw = files.read(path, 8, header_size)
     except OSError as error:
         raise CheckpointError(path, f"cannot read: {error.strerror or error}", "check the path and permissions") from None
     return parse_header(path, raw, file_size)
