@@ -201,8 +201,7 @@ def logical(tensor: TensorInfo, name: str, shape, dtype: str) -> TensorInfo:
     count = 1
     for size in shape:
         count *= size
-    return TensorInfo.unchecked({"name": name, "dtype": dtype, "shape": shape, "file": tensor.file,
-                                 "offset": tensor.offset, "is_parameter": True, "numel": count})
+    return TensorInfo.unchecked(name, dtype, shape, tensor.file, tensor.offset, count, is_parameter=True)
 
 
 def model_dtype(config: dict, fallback: str) -> str:

@@ -75,10 +75,8 @@ def parse_header(path: str, raw: bytes, file_size: int) -> list[TensorInfo]:
             raise CheckpointError(
                 path, f"truncated: {name!r} ends at byte {data_start + end} of a {file_size}-byte file",
                 "re-save or re-download it")
-        # Every field checked above: the unchecked constructor spares a second round of checks, and
-        # `numel` (a cached property: its value lives in the record's own dict) is already counted.
-        tensors.append(TensorInfo.unchecked({"name": name, "dtype": dtype, "shape": shape, "file": path,
-                                             "offset": data_start + begin, "numel": count}))
+        # Every field checked above, and the elements counted: the unchecked constructor takes them as they are.
+        tensors.append(TensorInfo.unchecked(name, dtype, shape, path, data_start + begin, count))
         spans.append((begin, end, name))
     _check_layout(path, spans, file_size - data_start)
     return tensors
