@@ -142,8 +142,8 @@ from torch import nn  # noqa: E402
 from transformers import (BloomConfig, BloomForCausalLM, FalconConfig, FalconForCausalLM, Gemma3ForCausalLM,  # noqa: E402
                           Gemma3TextConfig, GPT2Config,
                           GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          GraniteConfig, GraniteForCausalLM, Olmo2Config, Olmo2ForCausalLM, OlmoConfig,
-                          OlmoForCausalLM, StableLmConfig, StableLmForCausalLM)
+                          GraniteConfig, GraniteForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config,
+                          Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM, StableLmConfig, StableLmForCausalLM)
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from oracle import check_family  # noqa: E402
@@ -611,3 +611,29 @@ def test_the_registry_index_names_each_table_and_its_model_types():
     tables = {path.stem for path in importlib.resources.files("prunescope.families").iterdir()
               if path.suffix == ".py" and path.stem not in ("__init__", "base", "windows")}
     assert tables == {module for module, _, _ in families.REGISTRY}
+
+
+@pytest.mark.parametrize("build", [
+    lambda: GPT2LMHeadModel(GPT2Config(n_embd=32, n_head=4, n_layer=3, vocab_size=64, n_positions=16)),  # Conv1D, fused qkv
+    phi3,  # fused qkv and gate_up, split by rows
+    lambda: MixtralForCausalLM(MixtralConfig(**TINY, num_key_value_heads=2, num_local_experts=4,
+                                             num_experts_per_tok=2)),  # routed experts
+], ids=["gpt2", "phi3", "mixtral"])
+def test_repeated_layers_are_worked_out_once_and_read_as_their_own(tmp_path, build, monkeypatch):
+    """Identical layers are worked out once (interpret._repeated_layer); each repeat still carries its own
+    number and its own tensors' names: the same structure as working out every layer, field by field."""
+    import importlib
+
+    module = importlib.import_module("prunescope.interpret.interpret")  # the package exports a function of that name
+    build().save_pretrained(tmp_path / "model")
+    worked = []
+    layer = module._layer
+    monkeypatch.setattr(module, "_layer", lambda idx, *rest: worked.append(idx) or layer(idx, *rest))
+    once = analyse_path(str(tmp_path / "model")).structure
+    assert worked == [0]
+    monkeypatch.setattr(module, "_repeated_layer", lambda idx, stack, family, head_dim, prefix, classes, config, names,
+                        notes, worked_out: layer(idx, stack, family, head_dim, prefix, classes, config, names, notes))
+    every = analyse_path(str(tmp_path / "model")).structure
+    assert once.layers == every.layers and once == every
+    assert [sorted(name.split(".")[2] for name in layer.tensor_roles) for layer in once.layers] == \
+        [[str(idx)] * len(layer.tensor_roles) for idx, layer in enumerate(once.layers)]

@@ -7,6 +7,7 @@ the family description's business (`prunescope.families`); nothing here names a 
 
 from __future__ import annotations
 
+from operator import itemgetter
 
 from ..families.windows import attention_windows
 from ..families import (LAYER_NAME, SUPPORTED_MODEL_TYPES, choose_family, class_prefix, first_architecture,
@@ -34,7 +35,7 @@ UNKNOWN = "unknown"
 FROM_BASE = (BASE_HEAD_DIM, BASE_RATIO)
 
 # A layer's tensor as placed by the family description: (name relative to the layer, tensor,
-# bucket, role or None, module).
+# bucket, role or None, module). A layer's tensors are in the order of their names.
 Placed = tuple
 
 
@@ -89,10 +90,12 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     names: dict[str, str] = {}
     layers, residual_widths = [], []
     windows = attention_windows(config, len(stack.layers))
+    worked_out: dict[tuple, tuple[LayerStructure, int | None]] = {}  # see _repeated_layer
     for layer_idx, window in zip(sorted(stack.layers), windows):
         classes = {part: index.module_classes.get(f"{stack.prefix}.{layer_idx}{part}")
                    for part in ("", f".{family.attention}", f".{family.mlp}")}
-        layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
+        layer, residual_width = _repeated_layer(layer_idx, stack, family, head_dim, prefix, classes, config, names,
+                                                notes, worked_out)
         layers.append(layer.replace(attention_window=window) if window else layer)
         residual_widths.append(residual_width)
     extra = [idx for idx in sorted(stack.layers) if any(placed[3] == MTP for placed in stack.layers[idx])]
@@ -112,10 +115,11 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
     tied = _tying(outside, aliases, family, config, notes)
     embedding_tensor = outside.embedding_tensor
     moe_layers = any(layer.mlp.num_experts for layer in layers)
+    dtypes = _dtype_counts(counted)
     structure = ModelStructure(
         model_name=name,
         family=model_type or model_type_from_classes(index.module_classes) or "unknown",
-        total_params=sum(tensor.numel for tensor in counted),
+        total_params=sum(dtypes.values()),
         embedding_params=outside.embedding,
         lm_head_params=embedding_tensor.numel if tied and embedding_tensor is not None else outside.lm_head,
         tied_embeddings=tied,
@@ -126,7 +130,7 @@ def interpret(index: TensorIndex, name: str, config: dict | None = None,
         vocab_size=embedding_tensor.shape[0] if embedding_tensor is not None else None,
         head_dim=head_dim,
         head_dim_source=head_dim_source,
-        dtypes=_dtype_counts(counted),
+        dtypes=dtypes,
         other_tensors=outside.other_names,
         buffers=tuple(buffers),
         notes=tuple(notes),
@@ -234,7 +238,12 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
             layers.setdefault(int(index), []).append((rest, tensor) + place)
         else:
             outside.append(tensor)
+    for tensors in layers.values():  # by name: where shards split a layer does not change how it reads
+        tensors.sort(key=_rest)
     return DecoderStack(prefix=prefix, layers=layers, outside=tuple(outside))
+
+
+_rest = itemgetter(0)  # a placed tensor's name within its layer
 
 
 def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> OutsideBuckets:
@@ -308,6 +317,37 @@ def _hidden_size(residual_widths: list[int | None], embedding_tensor) -> int | N
 
 
 # -- 3) one layer -----------------------------------------------------------------------------
+
+
+def _repeated_layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes,
+                    worked_out: dict) -> tuple[LayerStructure, int | None]:
+    """_layer, worked out once for the layers that repeat an earlier one but for their number: the same
+    tensor names within the layer, with the same shapes, module classes and configured head counts (most
+    models stack one layer N times: Mixtral-8x7B's 32 layers of 31 tensors). A repeat takes the earlier
+    layer's structure with its own number and tensor names. A layer whose working out added a note
+    (notes name the layer) is never taken as the model for others."""
+    tensors = stack.layers[layer_idx]
+    key = (tuple([(placed[0], placed[1].shape) for placed in tensors]), tuple(classes.values()),
+           family.config_value(config, "heads", layer_idx), family.config_value(config, "kv_heads", layer_idx))
+    if key not in worked_out:
+        noted = len(notes)
+        layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
+        if len(notes) == noted and len(layer.tensor_roles) == len(tensors):  # (a repeated name: not a model)
+            worked_out[key] = layer, residual_width
+        return layer, residual_width
+    model, residual_width = worked_out[key]
+    model_names = list(model.tensor_roles)  # in the order of `tensors`: the key says the names are the same
+    own_names = [placed[1].name for placed in tensors]
+    renamed = dict(zip(model_names, own_names))
+    model_prefix, own_prefix = f"{stack.prefix}.{model.layer_idx}.", f"{stack.prefix}.{layer_idx}."
+    return model.replace(
+        layer_idx=layer_idx,
+        tensor_roles=dict(zip(own_names, model.tensor_roles.values())),
+        expert_tensors={renamed[name]: number for name, number in model.expert_tensors.items()},
+        transposed=tuple(renamed[name] for name in model.transposed),
+        # fused weights are named by the layer's number (see _layer)
+        fused_rows={own_prefix + name[len(model_prefix):]: rows for name, rows in model.fused_rows.items()},
+    ), residual_width
 
 
 def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes) -> tuple[LayerStructure, int | None]:
