@@ -270,3 +270,26 @@ def test_gguf_deepseek2_latent_attention(tmp_path, split_kv_b):
     model.save_pretrained(tmp_path / "safetensors")
     original = structure_to_dict(analyse_path(str(tmp_path / "safetensors")).structure)
     assert [layer["compute"] for layer in structure["layers"]] == [layer["compute"] for layer in original["layers"]]
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["f32", "q8_0"])
+def test_gguf_stacked_experts_removed_are_named_by_content(tmp_path, quantized):
+    """Each stacked expert is fingerprinted by its own first bytes, found from the tensor's size in bytes:
+    in a block-quantized file (Q8_0: 34 bytes per 32 values) that is not its element count."""
+    from builders import remove_experts
+    from prunescope.compare import compare
+    from prunescope.schema import comparison_to_dict
+
+    model = MixtralForCausalLM(MixtralConfig(**TINY, num_key_value_heads=2, intermediate_size=64, num_local_experts=4,
+                                             num_experts_per_tok=2)).eval()
+    gguf_builders.write(gguf_builders.mixtral(model), tmp_path / "base.gguf", 3, quantized)
+    plan = {0: [0, 2, 3], 2: [1, 3]}
+    remove_experts(model, plan, block="mlp", router_name="gate")
+    runs(model)
+    gguf_builders.write(gguf_builders.mixtral(model), tmp_path / "pruned.gguf", 3, quantized)
+    base, pruned = (analyse_path(str(tmp_path / f"{name}.gguf")).structure for name in ("base", "pruned"))
+    assert ("Q8_0" in pruned.dtypes) is quantized
+    comparison = comparison_to_dict(compare(base, pruned))
+    assert comparison["removed_experts"] == {"0": [1], "1": [], "2": [0, 2]}
+    assert [layer["experts"]["method"] for layer in comparison["layers"] if layer["layer_idx"] in plan] == \
+        ["content", "content"]

@@ -108,7 +108,8 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
             chosen.append(name)
     for name in chosen:
         tensor, number = by_name[name], expert_tensors[name]
-        ranges = [(tensor.offset, tensor.numel * tensor.itemsize)] if tensor.stride is None else tensor.byte_ranges()
+        ranges = tensor.byte_ranges() if tensor.stride is not None or tensor.nbytes is not None else \
+            [(tensor.offset, tensor.numel * tensor.itemsize)]  # (byte_ranges' answer, without its call)
         stacked = number is None
         if not ranges or not ranges[0][1] or (stacked and (len(ranges) != 1 or not tensor.shape[0])):
             return ()
