@@ -11,18 +11,21 @@ import sys
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `command`, only that command's arguments are set up (start-up time counts)."""
+    """The parser of the whole command line; with `command`, that command's own parser alone, as
+    `prunescope COMMAND` has it (start-up time counts: each parser argparse builds costs its gettext
+    look-ups, a file search per message)."""
     formatter = _formatter()
+    if command is not None:
+        parser = argparse.ArgumentParser(prog=f"prunescope {command}", formatter_class=formatter)
+        COMMANDS[command][1](parser)
+        return parser
     parser = argparse.ArgumentParser(
         prog="prunescope", formatter_class=formatter,
         description="Exact structure analysis of pruned LLM checkpoints, read from the files: no GPU, "
                     "no model loading, no checkpoint code run.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # Each parser costs argparse's gettext look-ups (a file search per message): with a command given,
-    # only its own parser is built; `prunescope --help` builds them all.
     for name, (text, add_arguments) in COMMANDS.items():
-        if command in (None, name):
-            add_arguments(commands.add_parser(name, help=text, formatter_class=formatter))
+        add_arguments(commands.add_parser(name, help=text, formatter_class=formatter))
     return parser
 
 
@@ -178,7 +181,11 @@ def _run(argv: list[str]) -> int:
     _utf8_console()
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "analyze")  # the original's invocation: flags only, no command
-    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
+    if argv and argv[0] in COMMANDS:  # a command given: only its parser is built
+        args = build_parser(argv[0]).parse_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = build_parser().parse_args(argv)
     if args.command == "analyze":
         from .batch import run_batch
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from .readers.regular import non_regular_kind
@@ -51,9 +50,9 @@ def discover_models(models_dir: str | None, include=(), exclude=(), extra_models
     names = sorted(name for name in os.listdir(models_dir)
                    if not name.startswith(".") and name not in IGNORED_DIRS) if models_dir else []
     for name in names:
-        if include and not any(fnmatch.fnmatch(name, pattern) for pattern in include):
+        if include and not _matches(name, include):
             continue
-        if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+        if exclude and _matches(name, exclude):
             continue
         entries.extend(examine(os.path.join(models_dir, name), name))
     for path in extra_models:
@@ -191,7 +190,7 @@ def _hf_weights(folder: str, files: list[str]) -> tuple[str, ...]:
                                 ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
         if index_name in files:
             return (os.path.join(folder, index_name),)
-        matches = [name for name in files if fnmatch.fnmatch(name, pattern) and not _not_a_model(name)]
+        matches = [name for name in files if _matches(name, (pattern,)) and not _not_a_model(name)]
         if matches:
             return tuple(os.path.join(folder, name) for name in matches)
     return ()
@@ -219,7 +218,15 @@ def _file_checkpoint(path: str, folder: str, files=None, config=None) -> Checkpo
 
 
 def _not_a_model(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in NOT_MODEL_FILES)
+    return _matches(name, NOT_MODEL_FILES)
+
+
+def _matches(name: str, patterns) -> bool:
+    """Whether `name` matches one of the glob `patterns`. fnmatch is imported when first asked: a saved
+    model folder with its shard index never is."""
+    from fnmatch import fnmatch
+
+    return any(fnmatch(name, pattern) for pattern in patterns)
 
 
 def _model_config(folder: str, files: list[str]) -> str | None:
