@@ -7,6 +7,7 @@ the family description's business (`prunescope.families`); nothing here names a 
 
 from __future__ import annotations
 
+from collections import Counter
 from operator import itemgetter
 
 from ..families.windows import attention_windows
@@ -220,13 +221,10 @@ def _refuse_quantized(index: TensorIndex, config: dict) -> None:
 def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
     """The decoder stack is the `...layers.N` family holding most tensors; another one (a vision
     tower's encoder layers, say) is not decoder layers and goes to `other`."""
-    sizes: dict[str, int] = {}
     parsed = [match.groups() if (match := LAYER_NAME.match(tensor.name)) else None for tensor in counted]
-    for groups in parsed:  # (prefix, index, rest)
-        if groups:
-            sizes[groups[0]] = sizes.get(groups[0], 0) + 1
+    sizes = Counter(map(_first, filter(None, parsed)))  # tensors per stack prefix
     prefix = max(sizes, key=sizes.get) if sizes else ""
-    layers: dict[int, list[Placed]] = {}
+    by_index: dict[str, list[Placed]] = {}  # by the index as written: parsed once per layer, not per tensor
     outside: list[TensorInfo] = []
     places: dict[str, tuple] = {}  # every layer repeats the same names: place each once
     for tensor, groups in zip(counted, parsed):
@@ -235,15 +233,22 @@ def _decoder_stack(counted: list[TensorInfo], family: Family) -> DecoderStack:
             place = places.get(rest)
             if place is None:
                 place = places[rest] = family.place(rest)
-            layers.setdefault(int(index), []).append((rest, tensor) + place)
+            bucket, role, module = place
+            tensors = by_index.get(index)
+            if tensors is None:
+                tensors = by_index[index] = []
+            tensors.append((rest, tensor, bucket, role, module))
         else:
             outside.append(tensor)
+    layers: dict[int, list[Placed]] = {}
+    for index, tensors in by_index.items():
+        layers.setdefault(int(index), []).extend(tensors)  # "01" and "1" are one layer
     for tensors in layers.values():  # by name: where shards split a layer does not change how it reads
-        tensors.sort(key=_rest)
+        tensors.sort(key=_first)
     return DecoderStack(prefix=prefix, layers=layers, outside=tuple(outside))
 
 
-_rest = itemgetter(0)  # a placed tensor's name within its layer
+_first = itemgetter(0)  # a placed tensor's name within its layer; a parsed name's stack prefix
 
 
 def _outside_buckets(outside: tuple[TensorInfo, ...], family: Family) -> OutsideBuckets:
