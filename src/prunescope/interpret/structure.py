@@ -109,11 +109,6 @@ class LayerStructure(Record):
     def stacked_expert_tensors(self) -> tuple[str, ...]:
         return tuple(name for name, number in self.expert_tensors.items() if number is None)
 
-    @property
-    def content_tensors(self) -> tuple[str, ...]:
-        """The attention and MLP parameters: what decides whether a layer is all zero."""
-        return tuple(name for name, (bucket, _) in self.tensor_roles.items() if bucket in CONTENT_BUCKETS)
-
 
 class ModelStructure(Record):
     model_name: str

@@ -12,11 +12,12 @@ in the base model, which is how removed layers are identified (full comparison w
 from __future__ import annotations
 
 import functools
+from operator import itemgetter
 
-from ..interpret.structure import ModelStructure
+from ..interpret.structure import CONTENT_BUCKETS, ModelStructure
 from ..readers.access import LocalFiles
 from ..quantized import BITMASK, BITMASK_24, BNB4, PACKED_ROWS, PLAIN, Encoded
-from ..tensors import FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
+from ..tensors import DTYPE_SIZES, FLOAT_DTYPES, CheckpointError, TensorIndex, TensorInfo
 
 FIRST_READ = 4096  # one page: almost every real tensor is decided here
 CHUNK = 1 << 20
@@ -40,16 +41,21 @@ def measure_layers(structure: ModelStructure, index: TensorIndex, files=None) ->
     stored = {**by_name, **codes} if codes else by_name
     per_layer = []
     for layer in structure.layers:
-        names = sorted((name for name in layer.content_tensors if name not in layer.expert_tensors),
-                       key=lambda name: _local_name(by_name[name]))
-        per_layer.append((names, [stored[name] for name in names]))
-    pages = _first_pages([tensor for _, tensors in per_layer for tensor in tensors], files)  # read as used
+        # The attention and MLP weights but the routed experts' (each sampled on its own), by their names
+        # within the layer.
+        experts = layer.expert_tensors
+        named = sorted([(_local(name), name) for name, (bucket, _) in layer.tensor_roles.items()
+                        if bucket in CONTENT_BUCKETS and name not in experts], key=_first)
+        names = [name for _, name in named]
+        tensors = [stored[name] for name in names]
+        per_layer.append((names, tensors, [_local(tensor.name) for tensor in tensors] if codes else [n for n, _ in named]))
+    pages = _first_pages([tensor for _, tensors, _ in per_layer for tensor in tensors], files)  # read as used
     layers = []
-    for layer, (names, tensors) in zip(structure.layers, per_layer):
+    for layer, (names, tensors, local_names) in zip(structure.layers, per_layer):
         first_pages = [next(pages) for _ in tensors]
         experts = layer.expert_tensors
         expert_prints = _expert_fingerprints(experts, stored, files) if experts else ()
-        fingerprint = _fingerprint(tensors, first_pages)
+        fingerprint = _fingerprint(tensors, local_names, first_pages)
         if expert_prints:  # an MoE layer: its experts enter the layer's fingerprint by theirs
             fingerprint = f"{zlib.crc32('|'.join(expert_prints).encode(), int(fingerprint, 16)):08x}"
         # The experts' bytes are read only when everything else in the layer is zero.
@@ -101,15 +107,20 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
     wanted = []  # (expert, its label, tensor, (file, offset, size))
     first, chosen = None, []  # one tensor per expert (its gate, or stacked gate_up) identifies it: one read each
     for name in expert_tensors:
-        local = name[name.rfind(".", 0, name.rfind(".")) + 1:]  # _local_name, inline: 24 per Mixtral layer
+        local = name[name.rfind(".", 0, name.rfind(".")) + 1:]  # _local, inline: 24 per Mixtral layer
         if first is None or local < first:
             first, chosen = local, [name]
         elif local == first:
             chosen.append(name)
     for name in chosen:
         tensor, number = by_name[name], expert_tensors[name]
-        ranges = tensor.byte_ranges() if tensor.stride is not None or tensor.nbytes is not None else \
-            [(tensor.offset, tensor.numel * tensor.itemsize)]  # (byte_ranges' answer, without its call)
+        if number is not None and tensor.stride is None and tensor.nbytes is None:  # one expert's, in one piece
+            size = min(tensor.numel * DTYPE_SIZES[tensor.dtype], EXPERT_SAMPLE)
+            if not size:
+                return ()
+            wanted.append((number, _label(first, tensor.dtype, tensor.shape), tensor, (tensor.file, tensor.offset, size)))
+            continue
+        ranges = tensor.byte_ranges()
         stacked = number is None
         if not ranges or not ranges[0][1] or (stacked and (len(ranges) != 1 or not tensor.shape[0])):
             return ()
@@ -135,20 +146,22 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
     return tuple(f"{per_expert[expert]:08x}" for expert in sorted(per_expert))
 
 
-def _local_name(tensor: TensorInfo) -> str:
-    """e.g. "self_attn.q_proj.weight" -> "q_proj.weight": the same whatever the layer's number."""
-    name = tensor.name
+def _local(name: str) -> str:
+    """e.g. "model.layers.3.self_attn.q_proj.weight" -> "q_proj.weight": the same whatever the layer's number."""
     return name[name.rfind(".", 0, name.rfind(".")) + 1:]  # after the second-to-last dot (the whole name if none)
 
 
-def _fingerprint(tensors: list[TensorInfo], first_pages: list[bytes]) -> str:
+_first = itemgetter(0)
+
+
+def _fingerprint(tensors: list[TensorInfo], local_names: list[str], first_pages: list[bytes]) -> str:
     """CRC-32 of each tensor's name in the layer, dtype, shape and first page (already read for the
     zero test): a layer kept verbatim matches; retrained, merged or converted layers do not."""
     import zlib
 
     checksum = 0
-    for tensor, page in zip(tensors, first_pages):
-        checksum = zlib.crc32(_label(_local_name(tensor), tensor.dtype, tensor.shape), checksum)
+    for tensor, local_name, page in zip(tensors, local_names, first_pages):
+        checksum = zlib.crc32(_label(local_name, tensor.dtype, tensor.shape), checksum)
         checksum = zlib.crc32(page, checksum)
     return f"{checksum:08x}"
 
@@ -161,9 +174,14 @@ def _label(local_name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
 def _first_pages(tensors: list[TensorInfo], files):
     wanted = []
     for tensor in tensors:
-        ranges = tensor.byte_ranges()
-        start, length = ranges[0] if ranges else (0, 0)
-        wanted.append((tensor, (tensor.file, start, min(length, FIRST_READ - FIRST_READ % tensor.itemsize))))
+        if tensor.stride is None and tensor.nbytes is None:  # in one piece: byte_ranges' answer, without its call
+            itemsize = DTYPE_SIZES[tensor.dtype]
+            start, length = tensor.offset, tensor.numel * itemsize
+        else:
+            itemsize = tensor.itemsize
+            ranges = tensor.byte_ranges()
+            start, length = ranges[0] if ranges else (0, 0)
+        wanted.append((tensor, (tensor.file, start, min(length, FIRST_READ - FIRST_READ % itemsize))))
     return _read_exact(files, wanted)
 
 
