@@ -5,6 +5,8 @@ The JSON files keep exact values; this module only words them.
 
 from __future__ import annotations
 
+import functools
+
 from .interpret.structure import ModelStructure
 
 TYPE_CHECKING = False  # typing's flag without importing typing: `compare` loads only with --base_model
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from .compare import Comparison
 
 
+@functools.lru_cache(maxsize=1024)  # a model's layers repeat the same few counts, in every table
 def human(count: int | None) -> str:
     """1234567 -> '1.23M': for people; the JSON keeps exact integers."""
     if count is None:
@@ -163,11 +166,12 @@ def _text(value) -> str:
 
 def format_table(rows, left=(0,)) -> str:
     """Plain aligned columns: numbers to the right, the columns in `left` (text) to the left."""
-    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max(map(len, column)) for column in zip(*rows)]
+    fits = [str.ljust if column in left else str.rjust for column in range(len(widths))]
     lines = []
     for number, row in enumerate(rows):
-        lines.append("  ".join(str(cell).ljust(width) if column in left else str(cell).rjust(width)
-                               for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        lines.append("  ".join([fit(cell, width) for fit, cell, width in zip(fits, row, widths)]).rstrip())
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)

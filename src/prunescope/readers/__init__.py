@@ -100,7 +100,8 @@ def shard_paths(index_path: str) -> list[str]:
 def _weight_map(index_path: str, raw: bytes) -> dict:
     try:
         weight_map = json.loads(raw)["weight_map"]
-        if isinstance(weight_map, dict) and all(isinstance(shard, str) for shard in weight_map.values()):
+        # Every value a file name: checked on the few distinct ones (a list or dict among them is unhashable).
+        if isinstance(weight_map, dict) and all(isinstance(shard, str) for shard in dict.fromkeys(weight_map.values())):
             return weight_map
     except (ValueError, KeyError, TypeError):
         pass
