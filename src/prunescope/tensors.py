@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections import namedtuple
+from operator import attrgetter
 
 from .records import Record
 
@@ -38,6 +39,8 @@ class CheckpointError(Exception):
         text = f"{self.path}: {self.problem}"
         return f"{text} ({self.hint})" if self.hint else text
 
+
+_NAME = attrgetter("name")
 
 # TensorInfo's storage: a named tuple, with the element count as a last, derived field.
 _TensorFields = namedtuple("_TensorFields", ("name", "dtype", "shape", "file", "offset", "stride", "alias_of",
@@ -162,4 +165,4 @@ class TensorIndex(Record):
         """Every tensor's name, each followed by a NUL: a telltale name is then one substring search
         instead of a Python loop over a thousand names (a name holding a NUL could only be misread as
         a telltale, never hide one). Built once however many stages search it."""
-        return "".join(f"{tensor.name}\0" for tensor in self.tensors)
+        return "\0".join(map(_NAME, self.tensors)) + "\0" if self.tensors else ""
