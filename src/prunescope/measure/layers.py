@@ -107,7 +107,7 @@ def _expert_fingerprints(expert_tensors: dict, by_name: dict, files) -> tuple[st
     wanted = []  # (expert, its label, tensor, (file, offset, size))
     first, chosen = None, []  # one tensor per expert (its gate, or stacked gate_up) identifies it: one read each
     for name in expert_tensors:
-        local = name[name.rfind(".", 0, name.rfind(".")) + 1:]  # _local, inline: 24 per Mixtral layer
+        local = _local(by_name[name].name)  # of the tensor read: a quantized expert's codes
         if first is None or local < first:
             first, chosen = local, [name]
         elif local == first:
