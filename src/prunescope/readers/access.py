@@ -37,11 +37,14 @@ class LocalFiles:
             require_regular_file(path)  # says "a symlink loop", "a symlink to nothing", ... where it applies
             raise CheckpointError(path, f"cannot read: {error.strerror or error}",
                                   "check the path and permissions") from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                require_regular_file(path)
+                raise CheckpointError(path, "is not a regular file", "point to the real file")
+        except BaseException:
             os.close(fd)
-            require_regular_file(path)
-            raise CheckpointError(path, "is not a regular file", "point to the real file")
+            raise
         self._fds[path], self._sizes[path] = fd, info.st_size
         return fd
 
