@@ -631,8 +631,12 @@ def test_repeated_layers_are_worked_out_once_and_read_as_their_own(tmp_path, bui
     monkeypatch.setattr(module, "_layer", lambda idx, *rest: worked.append(idx) or layer(idx, *rest))
     once = analyse_path(str(tmp_path / "model")).structure
     assert worked == [0]
-    monkeypatch.setattr(module, "_repeated_layer", lambda idx, stack, family, head_dim, prefix, classes, config, names,
-                        notes, worked_out: layer(idx, stack, family, head_dim, prefix, classes, config, names, notes))
+    def every_layer(idx, stack, family, head_dim, prefix, classes, config, names, notes, worked_out):
+        structure, residual_width, layer_names = layer(idx, stack, family, head_dim, prefix, classes, config, notes)
+        names.update(layer_names)
+        return structure, residual_width
+
+    monkeypatch.setattr(module, "_repeated_layer", every_layer)
     every = analyse_path(str(tmp_path / "model")).structure
     assert once.layers == every.layers and once == every
     assert [sorted(name.split(".")[2] for name in layer.tensor_roles) for layer in once.layers] == \

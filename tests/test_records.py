@@ -72,6 +72,9 @@ def test_tensor_immutable_and_replace():
         tensor.replace(size=3)
     with pytest.raises(TypeError, match="unexpected field 'numel'"):
         tensor.replace(numel=3)
+    assert tensor._replace(shape=(5,)).numel == 5  # namedtuple's own replace counts too
+    with pytest.raises(TypeError, match="numel"):
+        TensorInfo(**FIELDS, numel=3)  # counted, never given
 
 
 def test_unchecked_is_the_same_tensor_and_numel_is_counted_when_made():

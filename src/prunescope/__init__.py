@@ -1,3 +1,3 @@
 """prunescope: exact structure analysis of pruned LLM checkpoints, read from their files."""
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

@@ -12,8 +12,12 @@ def write_atomic(path: str, content: str | bytes) -> None:
     sees half a file. (Named by hand rather than with `tempfile`, whose import alone costs more than an
     analysis.) A file that already holds exactly these bytes is left as it is: re-analysing unchanged
     models rewrites nothing, and its modification time keeps saying when its content last changed."""
-    # backslashreplace: a folder name that is not valid UTF-8 must not abort the batch.
-    data = content.encode("utf-8", "backslashreplace") if isinstance(content, str) else content
+    if isinstance(content, str):
+        # As a text file: the platform's line ends; backslashreplace: a folder name that is not valid
+        # UTF-8 must not abort the batch.
+        data = (content if os.linesep == "\n" else content.replace("\n", os.linesep)).encode("utf-8", "backslashreplace")
+    else:
+        data = content
     if _holds(path, data):
         return
     folder = os.path.dirname(path) or "."

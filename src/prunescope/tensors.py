@@ -66,12 +66,14 @@ class TensorInfo(_TensorFields):
 
     def __new__(cls, name: str, dtype: str, shape: tuple[int, ...], file: str, offset: int,
                 stride: tuple[int, ...] | None = None, alias_of: str | None = None, is_parameter: bool | None = None,
-                nbytes: int | None = None, numel: int | None = None):
-        if numel is None:  # given only by callers that counted it (unchecked, pickling)
-            numel = 1
-            for size in shape:
-                numel *= size
+                nbytes: int | None = None):
+        numel = 1
+        for size in shape:
+            numel *= size
         return tuple.__new__(cls, (name, dtype, shape, file, offset, stride, alias_of, is_parameter, nbytes, numel))
+
+    def __getnewargs__(self):  # pickled (Ray's workers receive tensors) as the fields given; numel is counted again
+        return tuple(self)[:-1]
 
     @classmethod
     def unchecked(cls, name: str, dtype: str, shape: tuple[int, ...], file: str, offset: int, numel: int,
@@ -88,6 +90,8 @@ class TensorInfo(_TensorFields):
         values = dict(zip(self._fields, self))
         values.update(changes)
         return TensorInfo(**values)
+
+    _replace = __replace__ = replace  # namedtuple's own (and copy.replace's) would carry a stale numel
 
     @property
     def itemsize(self) -> int:

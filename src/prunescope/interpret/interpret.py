@@ -329,18 +329,20 @@ def _repeated_layer(layer_idx, stack, family, head_dim, prefix, classes, config,
     """_layer, worked out once for the layers that repeat an earlier one but for their number: the same
     tensor names within the layer, with the same shapes, module classes and configured head counts (most
     models stack one layer N times: Mixtral-8x7B's 32 layers of 31 tensors). A repeat takes the earlier
-    layer's structure with its own number and tensor names. A layer whose working out added a note
-    (notes name the layer) is never taken as the model for others."""
+    layer's structure with its own number and tensor names, and names its projections as it did. A layer
+    whose working out added a note (notes name the layer) is never taken as the model for others."""
     tensors = stack.layers[layer_idx]
     key = (tuple([(placed[0], placed[1].shape) for placed in tensors]), tuple(classes.values()),
            family.config_value(config, "heads", layer_idx), family.config_value(config, "kv_heads", layer_idx))
     if key not in worked_out:
         noted = len(notes)
-        layer, residual_width = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes)
+        layer, residual_width, layer_names = _layer(layer_idx, stack, family, head_dim, prefix, classes, config, notes)
+        names.update(layer_names)
         if len(notes) == noted and len(layer.tensor_roles) == len(tensors):  # (a repeated name: not a model)
-            worked_out[key] = layer, residual_width
+            worked_out[key] = layer, residual_width, layer_names
         return layer, residual_width
-    model, residual_width = worked_out[key]
+    model, residual_width, layer_names = worked_out[key]
+    names.update(layer_names)
     model_names = list(model.tensor_roles)  # in the order of `tensors`: the key says the names are the same
     own_names = [placed[1].name for placed in tensors]
     renamed = dict(zip(model_names, own_names))
@@ -355,8 +357,10 @@ def _repeated_layer(layer_idx, stack, family, head_dim, prefix, classes, config,
     ), residual_width
 
 
-def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, notes) -> tuple[LayerStructure, int | None]:
-    """The layer's structure, and its residual width (rows of the attention output projection)."""
+def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, notes) -> tuple[LayerStructure, int | None, dict]:
+    """The layer's structure, its residual width (rows of the attention output projection), and the
+    names its file gives projections that differ from the schema's (role -> name)."""
+    layer_names: dict[str, str] = {}
     tensors = stack.layers[layer_idx]
     buckets = dict.fromkeys(("attention", "mlp", "qk_norm", "mla", "attention_other", "router", "experts",
                              "shared_experts", "mlp_other", "norm", "shortcut", "other"), 0)
@@ -385,7 +389,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
                     transposed.append(tensor.name)
     for role, module in modules.items():
         if role != module.rsplit(".", 1)[-1]:
-            names[role] = module.rsplit(".", 1)[-1]
+            layer_names[role] = module.rsplit(".", 1)[-1]
     rows = {role: shape[0] for role, shape in weights.items() if shape}
     residual_width = rows.get(O)
     fused_rows = {}
@@ -393,7 +397,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
     for fused in [role for role in projections if role in fused_layout]:
         parts = _split_fused(fused, fused_layout[fused], projections, rows, head_dim, config, family, layer_idx, notes)
         for part in fused_layout[fused].parts:
-            names[part] = f"{modules[fused].rsplit('.', 1)[-1]} (split)"
+            layer_names[part] = f"{modules[fused].rsplit('.', 1)[-1]} (split)"
         name = f"{stack.prefix}.{layer_idx}.{modules[fused]}.weight"
         if parts and fused in weights and name not in transposed:
             fused_rows[name] = parts
@@ -469,7 +473,7 @@ def _layer(layer_idx, stack, family, head_dim, prefix, classes, config, names, n
         other=buckets["other"], shortcut=buckets["shortcut"], widths=widths, weight_shapes=weight_shapes,
         tensor_roles=roles,
         fused_rows=fused_rows, expert_tensors=experts.tensors if experts else {}, transposed=tuple(transposed))
-    return layer, residual_width
+    return layer, residual_width, layer_names
 
 
 def _check_router(tensors, experts: int, layer_idx: int, notes: list[str]) -> None:

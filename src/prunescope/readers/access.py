@@ -58,10 +58,16 @@ class LocalFiles:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._open(path)
-        if _PREAD is not None:
-            return _PREAD(fd, size, offset)
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, size)
+        if _PREAD is None:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, size)
+        data = _PREAD(fd, size, offset)
+        while len(data) < size:  # a network file system may return less than asked before the end
+            more = _PREAD(fd, size - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
 
     def read_ranges(self, ranges: list[tuple[str, int, int]]):
         """The bytes of each (path, offset, size), in order; shorter where a file ends early. Read as the
