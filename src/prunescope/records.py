@@ -4,6 +4,7 @@ Why not `dataclasses`: importing it costs about 16 ms of CPU (it pulls in `inspe
 and generating each class's methods about 0.5 ms more: together more than the whole header-only
 analysis of an 8B model, whose budget is twice a bare header-parsing script's time (benchmarks/).
 A record declares its fields as annotated class attributes; a value given there is the default.
+TensorInfo, a thousand per checkpoint header, is a named tuple with the same surface (tensors.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class Record:
         cls._defaults = {name: value for name in fields if (value := getattr(cls, name, _NO_DEFAULT)) is not _NO_DEFAULT}
 
     def __init__(self, *args, **kwargs):
-        # Straight into the instance's dict, checked once at the end: readers and decoders build a
-        # record per tensor (a Mixtral-8x7B header has a thousand), so this is on the start-up budget.
+        # Straight into the instance's dict, checked once at the end: the quantized decoder builds a
+        # record per weight and the stages several per layer, all on the start-up budget.
         values = self.__dict__
         values.update(self._defaults)
         if args:
@@ -47,18 +48,6 @@ class Record:
                 raise TypeError(f"{type(self).__name__}: unexpected field {wrong!r}")
             missing = next(name for name in self._fields if name not in values)
             raise TypeError(f"{type(self).__name__}: missing field {missing!r}")
-
-    @classmethod
-    def unchecked(cls, fields: dict):
-        """A record from fields its caller has made complete and valid, without __init__'s checks (and
-        without keyword arguments, which cost more than the rest): for the loops that build a record
-        per tensor of a header (a thousand for Mixtral-8x7B) or per quantized matrix. A cached
-        property's value may come with the fields (the header reader's `numel`)."""
-        record = object.__new__(cls)
-        values = record.__dict__
-        values.update(cls._defaults)
-        values.update(fields)
-        return record
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable; use .replace()")

@@ -65,14 +65,10 @@ def locate(reference: str) -> Location:
     return locate_repo(reference, reference)
 
 
-def hf_cache_origin(path: str) -> dict | None:
-    """{"repo", "commit"} when `path` (symlinks resolved) lies in a snapshot of a Hugging Face cache:
-    `.../models--org--name/snapshots/<commit>/...` beside that repo's `blobs/` or `refs/`."""
-    return snapshot_origin(os.path.realpath(path))
-
-
 def snapshot_origin(real: str) -> dict | None:
-    """hf_cache_origin of a path already resolved (os.path.realpath walks every component again)."""
+    """{"repo", "commit"} when `real`, a path with its symlinks resolved (os.path.realpath), lies in a
+    snapshot of a Hugging Face cache: `.../models--org--name/snapshots/<commit>/...` beside that repo's
+    `blobs/` or `refs/`."""
     parts = real.split(os.sep)
     for position in range(len(parts) - 2, 0, -1):
         if parts[position] == "snapshots" and parts[position - 1].startswith("models--"):
